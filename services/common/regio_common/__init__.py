@@ -1,0 +1,1 @@
+"""Code shared by every Regio service: settings, logging, errors, subjects, catalogue, money."""

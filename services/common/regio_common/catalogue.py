@@ -1,0 +1,97 @@
+"""The route catalogue: regions with their countries, and the routes (model offerings) with
+their limits, capabilities and prices. Loaded from a TOML file shared by every service."""
+
+from __future__ import annotations
+
+import tomllib
+from decimal import Decimal
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from regio_common.money import eur_to_nano
+
+
+class Capabilities(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    thinking: bool = False
+    tools: bool = False
+    vision: bool = False
+    audio: bool = False
+    json_mode: bool = False
+    token_budget: bool = False
+
+
+class ModelSource(BaseModel):
+    """Where the worker finds the GGUF: a file path, or a PyPI package that assembles one."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    gguf_path: Path | None = None
+    gguf_package: str | None = None
+    chat_format: str | None = Field(
+        None, description="llama-cpp-python chat format (e.g. 'gemma'); None: the GGUF's template"
+    )
+
+    @model_validator(mode="after")
+    def _exactly_one_source(self) -> ModelSource:
+        if (self.gguf_path is None) == (self.gguf_package is None):
+            raise ValueError("a model source needs exactly one of gguf_path or gguf_package")
+        return self
+
+
+class Route(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    base_models: list[str]
+    source: ModelSource
+    context_length: int = Field(gt=0)
+    max_output_tokens: int = Field(gt=0)
+    default_max_tokens: int = Field(4096, gt=0)
+    input_price_eur_per_mtok: Decimal
+    output_price_eur_per_mtok: Decimal
+    regions: list[str]
+    capabilities: Capabilities = Capabilities()
+    supported_parameters: list[str] = Field(default_factory=list)
+    owned_by: str = "regio"
+    created: int = 1_767_225_600  # 2026-01-01, when the route was first offered
+
+    @property
+    def input_price_nano(self) -> int:
+        """nano-EUR per 1M input tokens."""
+        return eur_to_nano(self.input_price_eur_per_mtok)
+
+    @property
+    def output_price_nano(self) -> int:
+        """nano-EUR per 1M output tokens."""
+        return eur_to_nano(self.output_price_eur_per_mtok)
+
+
+class Catalogue(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    regions: dict[str, list[str]]
+    routes: dict[str, Route]
+
+    @field_validator("routes", mode="before")
+    @classmethod
+    def _name_routes(cls, routes: dict[str, dict[str, object]]) -> dict[str, dict[str, object]]:
+        return {name: {"name": name, **spec} for name, spec in routes.items()}
+
+    @model_validator(mode="after")
+    def _regions_known(self) -> Catalogue:
+        for route in self.routes.values():
+            unknown = set(route.regions) - set(self.regions)
+            if unknown:
+                raise ValueError(f"route {route.name} names unknown regions {sorted(unknown)}")
+        return self
+
+    def countries(self, region: str) -> list[str]:
+        return self.regions.get(region, [])
+
+    @classmethod
+    def load(cls, path: Path) -> Catalogue:
+        with path.open("rb") as handle:
+            return cls.model_validate(tomllib.load(handle))

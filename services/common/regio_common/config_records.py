@@ -1,0 +1,49 @@
+"""Records the dashboard API publishes to the NATS KV config bucket and gateways watch.
+
+PostgreSQL is the source of truth; the bucket is a projection that reaches every gateway within
+a second, and the dashboard rebuilds it at start."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Literal
+
+from nats.js import JetStreamContext
+from nats.js.api import KeyValueConfig, StorageType
+from nats.js.errors import BucketNotFoundError
+from nats.js.kv import KeyValue
+from pydantic import BaseModel
+
+from regio_common.subjects import CONFIG_BUCKET
+
+
+def hash_api_key(api_key: str) -> str:
+    """Keys are 256-bit random secrets, so one SHA-256 is enough (no password stretching)."""
+    return hashlib.sha256(api_key.encode()).hexdigest()
+
+
+class ApiKeyRecord(BaseModel):
+    key_id: str
+    account_id: str
+    status: Literal["active", "revoked"] = "active"
+
+
+class ActivationRecord(BaseModel):
+    account_id: str
+    route: str
+    region: str
+    free_system_prompt: str = ""
+    created: int
+
+
+async def config_bucket(js: JetStreamContext, replicas: int = 1) -> KeyValue:
+    """The config bucket, created when missing."""
+    try:
+        kv: KeyValue = await js.key_value(CONFIG_BUCKET)
+    except BucketNotFoundError:
+        kv = await js.create_key_value(
+            KeyValueConfig(
+                bucket=CONFIG_BUCKET, history=1, storage=StorageType.FILE, replicas=replicas
+            )
+        )
+    return kv

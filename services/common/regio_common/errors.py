@@ -1,0 +1,95 @@
+"""The one error hierarchy. Client errors map to 4xx, server errors to 5xx, in one place: the
+gateway's error middleware renders them as the OpenAI error envelope."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+
+class RegioError(Exception):
+    status: ClassVar[int] = 500
+    error_type: ClassVar[str] = "server_error"
+    default_code: ClassVar[str | None] = None
+
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.code = code if code is not None else self.default_code
+
+    def envelope(self) -> dict[str, Any]:
+        return {
+            "error": {
+                "message": self.message,
+                "type": self.error_type,
+                "param": self.param,
+                "code": self.code,
+            }
+        }
+
+
+class ClientError(RegioError):
+    status = 400
+    error_type = "invalid_request_error"
+
+
+class InvalidRequest(ClientError):
+    default_code = "invalid_value"
+
+
+class RequestTooLarge(ClientError):
+    # The seed's table puts every malformed request under 400 invalid_value.
+    default_code = "invalid_value"
+
+
+class AuthenticationFailed(ClientError):
+    status = 403
+    error_type = "authentication_error"
+    default_code = "invalid_api_key"
+
+
+class InsufficientBudget(ClientError):
+    status = 403
+    error_type = "insufficient_quota"
+    default_code = "insufficient_budget"
+
+
+class ModelNotFound(ClientError):
+    status = 404
+    default_code = "model_not_found"
+
+
+class RegionMismatch(ClientError):
+    status = 404
+    default_code = "region_mismatch"
+
+
+class NotFound(ClientError):
+    status = 404
+    default_code = "not_found"
+
+
+class MethodNotAllowed(ClientError):
+    status = 405
+    default_code = "method_not_allowed"
+
+
+class Conflict(ClientError):
+    status = 409
+    default_code = "conflict"
+
+
+class ServerError(RegioError):
+    status = 500
+    error_type = "server_error"
+    default_code = "internal_error"
+
+
+class ServiceUnavailable(ServerError):
+    status = 503
+    default_code = "service_unavailable"
+
+
+class UpstreamTimeout(ServerError):
+    status = 504
+    default_code = "timeout"

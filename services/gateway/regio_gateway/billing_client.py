@@ -1,0 +1,74 @@
+"""The gateway's side of billing: hold before serving, release when nothing was served.
+
+Fails closed: if billing cannot be reached, the request is refused with 503."""
+
+from __future__ import annotations
+
+import grpc
+import structlog
+
+from regio.billing.v1 import billing_pb2, billing_pb2_grpc
+from regio_common.errors import InsufficientBudget, ModelNotFound, ServiceUnavailable
+
+log = structlog.get_logger()
+
+
+class BillingClient:
+    def __init__(self, address: str, timeout_seconds: float) -> None:
+        self._channel = grpc.aio.insecure_channel(address)
+        self._stub = billing_pb2_grpc.BillingStub(self._channel)
+        self._timeout = timeout_seconds
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+    async def reserve(
+        self,
+        *,
+        transaction_id: str,
+        account_id: str,
+        route: str,
+        region: str,
+        max_prompt_tokens: int,
+        max_completion_tokens: int,
+        ttl_seconds: int,
+    ) -> billing_pb2.ReserveResponse:
+        request = billing_pb2.ReserveRequest(
+            transaction_id=transaction_id,
+            account_id=account_id,
+            route=route,
+            region=region,
+            max_prompt_tokens=max_prompt_tokens,
+            max_completion_tokens=max_completion_tokens,
+            ttl_seconds=ttl_seconds,
+        )
+        try:
+            response: billing_pb2.ReserveResponse = await self._stub.Reserve(
+                request, timeout=self._timeout
+            )
+        except grpc.aio.AioRpcError as error:
+            log.error("billing_reserve_failed", grpc_code=error.code().name, detail=error.details())
+            raise ServiceUnavailable(
+                "Billing is temporarily unavailable; the request was not served."
+            ) from None
+        if response.outcome == billing_pb2.RESERVE_OUTCOME_INSUFFICIENT_FUNDS:
+            raise InsufficientBudget(
+                "Insufficient budget: your available credits do not cover this request "
+                f"(max_tokens={max_completion_tokens}). Top up credits or lower max_tokens.",
+                param="max_tokens",
+            )
+        if response.outcome == billing_pb2.RESERVE_OUTCOME_UNKNOWN_ROUTE:
+            raise ModelNotFound(f"The model '{route}' does not exist.", param="model")
+        if response.outcome != billing_pb2.RESERVE_OUTCOME_HELD:
+            raise ServiceUnavailable("Billing gave no answer; the request was not served.")
+        return response
+
+    async def release(self, transaction_id: str, reason: str) -> None:
+        """Best effort: a hold that cannot be released now expires and is swept by billing."""
+        try:
+            await self._stub.Release(
+                billing_pb2.ReleaseRequest(transaction_id=transaction_id, reason=reason),
+                timeout=self._timeout,
+            )
+        except grpc.aio.AioRpcError as error:
+            log.warning("billing_release_failed", grpc_code=error.code().name, reason=reason)

@@ -1,0 +1,264 @@
+"""`POST /v1/chat/completions`: request and response models, with OpenAI's names."""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from regio.inference.v1 import inference_pb2
+from regio_common.catalogue import Route
+from regio_common.errors import InvalidRequest
+
+# Optional request fields with their names in a route's `supported_parameters`.
+OPTIONAL_PARAMETERS = (
+    "max_tokens",
+    "max_completion_tokens",
+    "stream",
+    "stream_options",
+    "temperature",
+    "top_p",
+    "stop",
+    "seed",
+    "presence_penalty",
+    "frequency_penalty",
+    "response_format",
+    "tools",
+    "tool_choice",
+    "reasoning",
+    "reasoning_effort",
+)
+# Tokens a chat template adds around one message, at most (role markers, separators).
+TEMPLATE_TOKENS_PER_MESSAGE = 8
+TEMPLATE_TOKENS_PER_PROMPT = 8
+
+
+class TextContentPart(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["text"]
+    text: str
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[TextContentPart] | None = None
+    name: str | None = None
+
+    @property
+    def text(self) -> str:
+        if self.content is None:
+            return ""
+        if isinstance(self.content, str):
+            return self.content
+        return "".join(part.text for part in self.content)
+
+
+class StreamOptions(BaseModel):
+    include_usage: bool = False
+
+
+class ChatCompletionRequest(BaseModel):
+    # Unknown fields are ignored, as most OpenAI-compatible servers do, so that clients which
+    # send vendor extensions keep working.
+    model_config = ConfigDict(extra="ignore")
+
+    model: str = Field(min_length=1)
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    temperature: float | None = Field(None, ge=0.0, le=2.0)
+    top_p: float | None = Field(None, gt=0.0, le=1.0)
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    presence_penalty: float | None = Field(None, ge=-2.0, le=2.0)
+    frequency_penalty: float | None = Field(None, ge=-2.0, le=2.0)
+    n: int = Field(1, ge=1, le=1)
+    user: str | None = None
+    response_format: dict[str, Any] | None = None
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    reasoning: dict[str, Any] | None = None
+    reasoning_effort: str | None = None
+
+    @field_validator("stop")
+    @classmethod
+    def _at_most_four_stops(cls, stop: str | list[str] | None) -> str | list[str] | None:
+        if isinstance(stop, list) and len(stop) > 4:
+            raise ValueError("at most 4 stop sequences are allowed")
+        return stop
+
+    @classmethod
+    def parse(cls, payload: object) -> ChatCompletionRequest:
+        """Validate a decoded JSON body; any problem becomes a 400 naming the parameter."""
+        if not isinstance(payload, dict):
+            raise InvalidRequest("The request body must be a JSON object.", param="body")
+        try:
+            return cls.model_validate(payload)
+        except ValidationError as error:
+            first = error.errors()[0]
+            param = _param_path(first["loc"])
+            detail = first["msg"]
+            if first["type"] == "missing":
+                message = f"Missing required parameter: '{param}'."
+            elif first["type"] == "literal_error" and param.endswith(".role"):
+                message = f"Invalid value for '{param}': {detail}."
+            else:
+                message = f"Invalid value for '{param}': {detail}."
+            raise InvalidRequest(message, param=param) from None
+
+    @property
+    def stop_sequences(self) -> list[str]:
+        if self.stop is None:
+            return []
+        return [self.stop] if isinstance(self.stop, str) else list(self.stop)
+
+    def check_supported(self, route: Route) -> None:
+        """Reject parameters the route does not support, rather than silently ignore them."""
+        supported = set(route.supported_parameters)
+        for name in OPTIONAL_PARAMETERS:
+            if name in self.model_fields_set and getattr(self, name) is not None:
+                if name not in supported:
+                    raise InvalidRequest(
+                        f"The parameter '{name}' is not supported by model '{route.name}'.",
+                        param=name,
+                        code="unsupported_parameter",
+                    )
+
+    def output_limit(self, route: Route) -> int:
+        """max_tokens (or its alias), defaulted and clamped to what the route allows."""
+        requested = self.max_completion_tokens or self.max_tokens
+        if requested is None:
+            requested = route.default_max_tokens
+        return max(1, min(requested, route.max_output_tokens, route.context_length))
+
+    def prompt_token_bound(self) -> int:
+        """An upper bound of the prompt's tokens: a token covers at least one byte of text."""
+        text_bytes = sum(len(message.text.encode()) for message in self.messages)
+        return (
+            text_bytes
+            + TEMPLATE_TOKENS_PER_MESSAGE * len(self.messages)
+            + TEMPLATE_TOKENS_PER_PROMPT
+        )
+
+    def to_inference_request(
+        self,
+        *,
+        transaction_id: str,
+        account_id: str,
+        route: Route,
+        region: str,
+        free_system_prompt: str,
+        deadline_unix_ms: int,
+    ) -> inference_pb2.InferenceRequest:
+        sampling = inference_pb2.SamplingParams(
+            max_tokens=self.output_limit(route), stop=self.stop_sequences
+        )
+        if self.temperature is not None:
+            sampling.temperature = self.temperature
+        if self.top_p is not None:
+            sampling.top_p = self.top_p
+        if self.seed is not None:
+            sampling.seed = self.seed
+        if self.presence_penalty is not None:
+            sampling.presence_penalty = self.presence_penalty
+        if self.frequency_penalty is not None:
+            sampling.frequency_penalty = self.frequency_penalty
+        return inference_pb2.InferenceRequest(
+            transaction_id=transaction_id,
+            account_id=account_id,
+            route=route.name,
+            region=region,
+            messages=[
+                inference_pb2.ChatMessage(role=m.role, content=m.text, name=m.name or "")
+                for m in self.messages
+            ],
+            sampling=sampling,
+            free_system_prompt=free_system_prompt,
+            deadline_unix_ms=deadline_unix_ms,
+        )
+
+
+def _param_path(loc: tuple[int | str, ...]) -> str:
+    path = ""
+    for part in loc:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        elif part in {"str", "list[TextContentPart]", "list[str]"}:
+            continue  # union member names pydantic adds to the location
+        else:
+            path += f".{part}" if path else str(part)
+    return path or "body"
+
+
+FINISH_REASONS: dict[int, str] = {
+    inference_pb2.FINISH_REASON_STOP: "stop",
+    inference_pb2.FINISH_REASON_LENGTH: "length",
+    inference_pb2.FINISH_REASON_CANCELLED: "stop",
+    inference_pb2.FINISH_REASON_UNSPECIFIED: "stop",
+}
+
+
+class CompletionUsage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+    @classmethod
+    def from_proto(cls, usage: inference_pb2.Usage) -> CompletionUsage:
+        return cls(
+            prompt_tokens=usage.prompt_tokens,
+            completion_tokens=usage.completion_tokens,
+            total_tokens=usage.prompt_tokens + usage.completion_tokens,
+        )
+
+
+class AssistantMessage(BaseModel):
+    role: Literal["assistant"] = "assistant"
+    content: str
+    reasoning_content: str | None = None
+
+
+class Choice(BaseModel):
+    index: int = 0
+    message: AssistantMessage
+    finish_reason: str
+    logprobs: None = None
+
+
+class ChatCompletion(BaseModel):
+    id: str
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int = Field(default_factory=lambda: int(time.time()))
+    model: str
+    choices: list[Choice]
+    usage: CompletionUsage
+    system_fingerprint: str | None = None
+
+
+class ChoiceDelta(BaseModel):
+    role: Literal["assistant"] | None = None
+    content: str | None = None
+    reasoning_content: str | None = None
+
+
+class ChunkChoice(BaseModel):
+    index: int = 0
+    delta: ChoiceDelta
+    finish_reason: str | None = None
+    logprobs: None = None
+
+
+class ChatCompletionChunk(BaseModel):
+    id: str
+    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
+    created: int
+    model: str
+    choices: list[ChunkChoice]
+    usage: CompletionUsage | None = None
+    system_fingerprint: str | None = None
