@@ -8,7 +8,9 @@ import sys
 import structlog
 
 
-def configure_logging(service: str, level: str = "info", fmt: str = "json") -> structlog.stdlib.BoundLogger:
+def configure_logging(
+    service: str, level: str = "info", fmt: str = "json"
+) -> structlog.stdlib.BoundLogger:
     """Configure structlog for this process and return the service's logger."""
     numeric_level = logging.getLevelName(level.upper())
     if not isinstance(numeric_level, int):
@@ -29,6 +31,8 @@ def configure_logging(service: str, level: str = "info", fmt: str = "json") -> s
         cache_logger_on_first_use=True,
     )
     # Libraries that use the stdlib logger (aiohttp, grpc, nats) go to stderr at warning level.
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(name)s %(levelname)s %(message)s")
+    logging.basicConfig(
+        level=logging.WARNING, stream=sys.stderr, format="%(name)s %(levelname)s %(message)s"
+    )
     logger: structlog.stdlib.BoundLogger = structlog.get_logger().bind(service=service)
     return logger

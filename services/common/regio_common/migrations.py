@@ -38,7 +38,9 @@ async def apply_migrations(database_url: str, schema: str, folder: Path) -> list
     async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as conn:
         await conn.execute("SELECT pg_advisory_lock(%s)", (lock_key,))
         try:
-            await conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
+            await conn.execute(
+                sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema))
+            )
             await conn.execute(
                 sql.SQL(
                     "CREATE TABLE IF NOT EXISTS {}.schema_migrations ("
@@ -59,9 +61,9 @@ async def apply_migrations(database_url: str, schema: str, folder: Path) -> list
                     )
                     await conn.execute(migration.sql_text.encode())
                     await conn.execute(
-                        sql.SQL("INSERT INTO {}.schema_migrations (version, name) VALUES (%s, %s)").format(
-                            sql.Identifier(schema)
-                        ),
+                        sql.SQL(
+                            "INSERT INTO {}.schema_migrations (version, name) VALUES (%s, %s)"
+                        ).format(sql.Identifier(schema)),
                         (migration.version, migration.name),
                     )
                 applied_now.append(migration.version)

@@ -21,7 +21,9 @@ class LoggingSettings(RegioSettings):
 
 
 class NatsSettings(RegioSettings):
-    nats_url: str = Field("nats://127.0.0.1:4222", description="NATS server URL(s), comma-separated.")
+    nats_url: str = Field(
+        "nats://127.0.0.1:4222", description="NATS server URL(s), comma-separated."
+    )
 
 
 class DatabaseSettings(RegioSettings):
@@ -38,5 +40,7 @@ class CatalogueSettings(RegioSettings):
 
 
 class BillingClientSettings(RegioSettings):
-    billing_address: str = Field("127.0.0.1:50051", description="host:port of the billing gRPC service.")
+    billing_address: str = Field(
+        "127.0.0.1:50051", description="host:port of the billing gRPC service."
+    )
     billing_timeout_seconds: float = Field(2.0, description="Deadline of each billing call.")

@@ -97,7 +97,9 @@ class ManagedProcess:
             except Exception:  # a readiness probe may fail in any way until the server is up
                 pass
             time.sleep(0.1)
-        raise ProcessFailed(f"{self.name}: no {what} within {timeout:.0f}s; log:\n{self.log_tail()}")
+        raise ProcessFailed(
+            f"{self.name}: no {what} within {timeout:.0f}s; log:\n{self.log_tail()}"
+        )
 
     def stop(self, timeout: float = 15.0) -> None:
         if self.process is None or self.process.poll() is not None:

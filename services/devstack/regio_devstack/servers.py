@@ -34,9 +34,12 @@ class NatsServer:
             [
                 str(nats_server_binary()),
                 "--jetstream",
-                "--store_dir", str(store_dir),
-                "--addr", host,
-                "--port", str(self.port),
+                "--store_dir",
+                str(store_dir),
+                "--addr",
+                host,
+                "--port",
+                str(self.port),
             ],
             store_dir / "nats-server.log",
         )
@@ -90,6 +93,7 @@ class PostgresServer:
         )
 
         entry = ensure_user_exists(self.user)
+        assert entry is not None  # it creates the user when missing
         bin_path = postgres_bin()
         ensure_prefix_permissions(bin_path)
         ensure_folder_permissions(bin_path, 0o055)
@@ -97,9 +101,8 @@ class PostgresServer:
         ensure_folder_permissions(bin_path.parent / "share", 0o044)
         ensure_prefix_permissions(self.data_dir)
         os.chown(self.data_dir, entry.pw_uid, entry.pw_gid)
-        for path in (self.log_path,):
-            path.touch(exist_ok=True)
-            os.chown(path, entry.pw_uid, entry.pw_gid)
+        self.log_path.touch(exist_ok=True)
+        os.chown(self.log_path, entry.pw_uid, entry.pw_gid)
 
     def initialised(self) -> bool:
         return (self.data_dir / "PG_VERSION").exists()
@@ -111,18 +114,36 @@ class PostgresServer:
         if not self.initialised():
             subprocess.run(
                 [
-                    str(bin_path / "initdb"), "-D", str(self.data_dir), "-U", "postgres",
-                    "--auth=trust", "--encoding=UTF8", "--no-instructions",
+                    str(bin_path / "initdb"),
+                    "-D",
+                    str(self.data_dir),
+                    "-U",
+                    "postgres",
+                    "--auth=trust",
+                    "--encoding=UTF8",
+                    "--no-instructions",
                 ],
-                check=True, capture_output=True, user=self.user, cwd="/",
+                check=True,
+                capture_output=True,
+                user=self.user,
+                cwd="/",
             )
         self.process = ManagedProcess(
             "postgres",
             [
-                str(bin_path / "postgres"), "-D", str(self.data_dir),
-                "-c", f"listen_addresses={self.host}", "-p", str(self.port),
-                "-c", "unix_socket_directories=", "-c", "max_connections=200",
-                "-c", "fsync=on",
+                str(bin_path / "postgres"),
+                "-D",
+                str(self.data_dir),
+                "-c",
+                f"listen_addresses={self.host}",
+                "-p",
+                str(self.port),
+                "-c",
+                "unix_socket_directories=",
+                "-c",
+                "max_connections=200",
+                "-c",
+                "fsync=on",
             ],
             self.log_path,
             user=self.user,
@@ -135,7 +156,15 @@ class PostgresServer:
 
     def _accepts_connections(self) -> bool:
         result = subprocess.run(
-            [str(postgres_bin() / "pg_isready"), "-h", self.host, "-p", str(self.port), "-U", "postgres"],
+            [
+                str(postgres_bin() / "pg_isready"),
+                "-h",
+                self.host,
+                "-p",
+                str(self.port),
+                "-U",
+                "postgres",
+            ],
             capture_output=True,
         )
         return result.returncode == 0
@@ -143,7 +172,9 @@ class PostgresServer:
     def psql(self, command: str, database: str = "postgres") -> str:
         result = subprocess.run(
             [str(postgres_bin() / "psql"), self.url(database), "-tAc", command],
-            check=True, capture_output=True, text=True,
+            check=True,
+            capture_output=True,
+            text=True,
         )
         return result.stdout.strip()
 

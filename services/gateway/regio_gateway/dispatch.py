@@ -8,6 +8,7 @@ chunks and a FINAL chunk, in order. No subscriber at all is reported at once by 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 
 import nats.errors
@@ -15,10 +16,10 @@ import structlog
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
-
 from regio.inference.v1 import inference_pb2
 from regio_common.errors import ServerError, ServiceUnavailable, UpstreamTimeout
 from regio_common.subjects import cancel_subject, infer_subject
+
 from regio_gateway.worker_registry import WorkerRegistry
 
 log = structlog.get_logger()
@@ -26,7 +27,7 @@ NO_RESPONDERS_STATUS = "503"
 
 
 def _no_responders(msg: Msg) -> bool:
-    return bool(msg.headers) and msg.headers.get("Status") == NO_RESPONDERS_STATUS
+    return msg.headers is not None and msg.headers.get("Status") == NO_RESPONDERS_STATUS
 
 
 class WorkerStream:
@@ -83,10 +84,9 @@ class WorkerStream:
             log.warning("cancel_publish_failed", error=str(error))
 
     async def close(self) -> None:
-        try:
+        # Closing a subscription of an already closed connection is not an error here.
+        with contextlib.suppress(Exception):
             await self._subscription.unsubscribe()
-        except Exception:  # closing a subscription of a closed connection is not an error here
-            pass
 
 
 class Dispatcher:

@@ -22,7 +22,9 @@ class WorkerState:
 
 
 class WorkerRegistry:
-    def __init__(self, expiry_factor: float = 3.0, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, expiry_factor: float = 3.0, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self._workers: dict[str, WorkerState] = {}
         self._expiry_factor = expiry_factor
         self._clock = clock
@@ -35,7 +37,10 @@ class WorkerRegistry:
 
     def _alive(self, state: WorkerState, now: float) -> bool:
         interval = max(state.heartbeat.interval_ms, 100) / 1000
-        return not state.heartbeat.draining and now - state.received_at <= interval * self._expiry_factor
+        return (
+            not state.heartbeat.draining
+            and now - state.received_at <= interval * self._expiry_factor
+        )
 
     def live_workers(self) -> list[inference_pb2.WorkerHeartbeat]:
         now = self._clock()

@@ -6,7 +6,6 @@ import time
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
-
 from regio.inference.v1 import inference_pb2
 from regio_common.catalogue import Route
 from regio_common.errors import InvalidRequest
@@ -122,13 +121,13 @@ class ChatCompletionRequest(BaseModel):
         """Reject parameters the route does not support, rather than silently ignore them."""
         supported = set(route.supported_parameters)
         for name in OPTIONAL_PARAMETERS:
-            if name in self.model_fields_set and getattr(self, name) is not None:
-                if name not in supported:
-                    raise InvalidRequest(
-                        f"The parameter '{name}' is not supported by model '{route.name}'.",
-                        param=name,
-                        code="unsupported_parameter",
-                    )
+            used = name in self.model_fields_set and getattr(self, name) is not None
+            if used and name not in supported:
+                raise InvalidRequest(
+                    f"The parameter '{name}' is not supported by model '{route.name}'.",
+                    param=name,
+                    code="unsupported_parameter",
+                )
 
     def output_limit(self, route: Route) -> int:
         """max_tokens (or its alias), defaulted and clamped to what the route allows."""

@@ -1,0 +1,39 @@
+"""`python -m regio_gateway`: serve the OpenAI-compatible API until SIGTERM/SIGINT."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+
+from aiohttp import web
+from regio_common.logging import configure_logging
+
+from regio_gateway.app import build_app, build_state, close_state
+from regio_gateway.settings import GatewaySettings
+
+
+async def serve(settings: GatewaySettings) -> None:
+    log = configure_logging("gateway", settings.log_level, settings.log_format)
+    state = await build_state(settings)
+    # handler_cancellation: a client that disconnects cancels its request (and its generation).
+    runner = web.AppRunner(build_app(state), handler_cancellation=True, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, settings.gateway_host, settings.gateway_port)
+    await site.start()
+    log.info("gateway_ready", host=settings.gateway_host, port=settings.gateway_port)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("gateway_stopping")
+    await runner.cleanup()  # stops listening, lets in-flight requests finish
+    await close_state(state)
+
+
+def main() -> None:
+    asyncio.run(serve(GatewaySettings()))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,74 @@
+"""Wiring of the gateway: connections, background followers, routes, and the HTTP server."""
+
+from __future__ import annotations
+
+import structlog
+from aiohttp import web
+from nats.aio.msg import Msg
+from regio.inference.v1 import inference_pb2
+from regio_common.catalogue import Catalogue
+from regio_common.config_records import config_bucket
+from regio_common.nats_connection import connect_nats
+from regio_common.subjects import HEARTBEAT_WILDCARD
+
+from regio_gateway.billing_client import BillingClient
+from regio_gateway.config_store import ConfigStore
+from regio_gateway.dispatch import Dispatcher
+from regio_gateway.handlers.chat_completions import create_chat_completion
+from regio_gateway.handlers.models import health, list_models
+from regio_gateway.middleware import transaction_middleware
+from regio_gateway.settings import GatewaySettings
+from regio_gateway.state import STATE_KEY, GatewayState
+from regio_gateway.worker_registry import WorkerRegistry
+
+log = structlog.get_logger()
+
+
+async def build_state(settings: GatewaySettings) -> GatewayState:
+    catalogue = Catalogue.load(settings.catalogue_path)
+    nc = await connect_nats(settings.nats_url, name="regio-gateway")
+    registry = WorkerRegistry(expiry_factor=settings.heartbeat_expiry_factor)
+
+    async def on_heartbeat(msg: Msg) -> None:
+        try:
+            registry.observe(inference_pb2.WorkerHeartbeat.FromString(msg.data))
+        except Exception:  # a malformed heartbeat must not stop the subscription
+            log.warning("bad_heartbeat", subject=msg.subject)
+
+    await nc.subscribe(HEARTBEAT_WILDCARD, cb=on_heartbeat)
+    config = ConfigStore()
+    await config.start(await config_bucket(nc.jetstream()))
+    return GatewayState(
+        settings=settings,
+        catalogue=catalogue,
+        nats=nc,
+        config=config,
+        workers=registry,
+        billing=BillingClient(settings.billing_address, settings.billing_timeout_seconds),
+        dispatcher=Dispatcher(
+            nc,
+            registry,
+            accept_timeout=settings.dispatch_timeout_seconds,
+            first_chunk_timeout=settings.first_token_timeout_seconds,
+            inter_chunk_timeout=settings.inter_chunk_timeout_seconds,
+        ),
+    )
+
+
+async def close_state(state: GatewayState) -> None:
+    await state.config.stop()
+    await state.billing.close()
+    await state.nats.drain()
+
+
+def build_app(state: GatewayState) -> web.Application:
+    # The body limit is enforced by the handler (to answer with the envelope and a param);
+    # aiohttp's own limit stays above it as a backstop.
+    app = web.Application(
+        middlewares=[transaction_middleware], client_max_size=state.settings.max_body_bytes * 2
+    )
+    app[STATE_KEY] = state
+    app.router.add_post("/v1/chat/completions", create_chat_completion)
+    app.router.add_get("/v1/models", list_models)
+    app.router.add_get("/health", health)
+    return app

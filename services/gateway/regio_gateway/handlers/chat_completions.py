@@ -1,0 +1,194 @@
+"""`POST /v1/chat/completions`: authenticate, validate, hold credit, dispatch, answer.
+
+Credit safety: the hold is released here whenever no worker took the request, or the worker
+went silent; once a worker accepted it, the worker's usage record settles the hold."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+import structlog
+from aiohttp import web
+from regio.inference.v1 import inference_pb2
+from regio_common.errors import InvalidRequest, RegioError, ServerError, UpstreamTimeout
+
+from regio_gateway.auth import authenticate
+from regio_gateway.dispatch import WorkerStream
+from regio_gateway.handlers.body import read_json_body
+from regio_gateway.handlers.routing import resolve_activation
+from regio_gateway.middleware import TRANSACTION_HEADER, TRANSACTION_KEY
+from regio_gateway.protocol.chat_completion import (
+    FINISH_REASONS,
+    AssistantMessage,
+    ChatCompletion,
+    ChatCompletionChunk,
+    ChatCompletionRequest,
+    Choice,
+    ChoiceDelta,
+    ChunkChoice,
+    CompletionUsage,
+)
+from regio_gateway.regions import endpoint_region
+from regio_gateway.state import STATE_KEY, GatewayState
+
+log = structlog.get_logger()
+COUNTRY_HEADER = "x-regio-country"
+
+
+async def create_chat_completion(request: web.Request) -> web.StreamResponse:
+    state = request.app[STATE_KEY]
+    transaction_id: str = request[TRANSACTION_KEY]
+    key = authenticate(request, state.config)
+    structlog.contextvars.bind_contextvars(account_id=key.account_id)
+    body = ChatCompletionRequest.parse(await read_json_body(request, state.settings.max_body_bytes))
+    if len(body.messages) > state.settings.max_messages:
+        raise InvalidRequest(
+            f"Too many messages: at most {state.settings.max_messages} are accepted.",
+            param="messages",
+        )
+    region = endpoint_region(request, state.catalogue, state.settings.default_region)
+    route, activation = resolve_activation(
+        state.catalogue, state.config, key.account_id, body.model, region
+    )
+    body.check_supported(route)
+    max_tokens = body.output_limit(route)
+    inference = body.to_inference_request(
+        transaction_id=transaction_id,
+        account_id=key.account_id,
+        route=route,
+        region=region,
+        free_system_prompt=activation.free_system_prompt,
+        deadline_unix_ms=int((time.time() + state.settings.dispatch_timeout_seconds) * 1000),
+    )
+    await state.billing.reserve(
+        transaction_id=transaction_id,
+        account_id=key.account_id,
+        route=route.name,
+        region=region,
+        max_prompt_tokens=body.prompt_token_bound(),
+        max_completion_tokens=max_tokens,
+        ttl_seconds=state.settings.hold_ttl_seconds,
+    )
+    try:
+        stream = await state.dispatcher.open(inference, state.catalogue.countries(region))
+    except BaseException:
+        await state.billing.release(transaction_id, "not dispatched")
+        raise
+    log.info("dispatched", route=route.name, region=region, country=stream.country)
+    try:
+        if body.stream:
+            return await _stream_answer(request, state, body, stream)
+        return await _json_answer(body, stream)
+    except UpstreamTimeout:
+        # The worker went silent (likely gone): its usage record may never come.
+        await state.billing.release(transaction_id, "worker silent")
+        raise
+    except (asyncio.CancelledError, ConnectionResetError):
+        log.info("client_disconnected")
+        await stream.cancel()
+        raise
+    finally:
+        await stream.close()
+
+
+def _completion_id(stream: WorkerStream) -> str:
+    return f"chatcmpl-{stream.transaction_id}"
+
+
+async def _json_answer(body: ChatCompletionRequest, stream: WorkerStream) -> web.Response:
+    text: list[str] = []
+    reasoning: list[str] = []
+    final: inference_pb2.InferenceChunk | None = None
+    async for chunk in stream.chunks():
+        text.append(chunk.text_delta)
+        reasoning.append(chunk.reasoning_delta)
+        if chunk.kind == inference_pb2.CHUNK_KIND_FINAL:
+            final = chunk
+    if final is None or final.finish_reason == inference_pb2.FINISH_REASON_ERROR:
+        raise _worker_failure(final)
+    completion = ChatCompletion(
+        id=_completion_id(stream),
+        model=body.model,
+        choices=[
+            Choice(
+                message=AssistantMessage(
+                    content="".join(text), reasoning_content="".join(reasoning) or None
+                ),
+                finish_reason=FINISH_REASONS.get(final.finish_reason, "stop"),
+            )
+        ],
+        usage=CompletionUsage.from_proto(final.usage),
+    )
+    return web.Response(
+        text=completion.model_dump_json(exclude_none=False),
+        content_type="application/json",
+        headers={COUNTRY_HEADER: stream.country},
+    )
+
+
+def _worker_failure(final: inference_pb2.InferenceChunk | None) -> RegioError:
+    detail = final.error_message if final is not None and final.error_message else "no detail"
+    log.error("generation_failed", detail=detail)
+    return ServerError(f"The model failed to generate a response ({detail}).")
+
+
+def _sse(data: str) -> bytes:
+    return f"data: {data}\n\n".encode()
+
+
+async def _stream_answer(
+    request: web.Request, state: GatewayState, body: ChatCompletionRequest, stream: WorkerStream
+) -> web.StreamResponse:
+    response = web.StreamResponse(
+        headers={
+            "Content-Type": "text/event-stream",
+            "Cache-Control": "no-cache",
+            TRANSACTION_HEADER: request[TRANSACTION_KEY],
+            COUNTRY_HEADER: stream.country,
+        }
+    )
+    await response.prepare(request)
+    created = int(time.time())
+    completion_id = _completion_id(stream)
+
+    def chunk_json(
+        delta: ChoiceDelta, finish_reason: str | None = None, usage: CompletionUsage | None = None
+    ) -> bytes:
+        choices = (
+            [] if usage is not None else [ChunkChoice(delta=delta, finish_reason=finish_reason)]
+        )
+        chunk = ChatCompletionChunk(
+            id=completion_id, created=created, model=body.model, choices=choices, usage=usage
+        )
+        return _sse(chunk.model_dump_json(exclude_none=True))
+
+    await response.write(chunk_json(ChoiceDelta(role="assistant", content="")))
+    try:
+        async for chunk in stream.chunks():
+            if chunk.kind == inference_pb2.CHUNK_KIND_DELTA:
+                if chunk.text_delta or chunk.reasoning_delta:
+                    delta = ChoiceDelta(
+                        content=chunk.text_delta or None,
+                        reasoning_content=chunk.reasoning_delta or None,
+                    )
+                    await response.write(chunk_json(delta))
+                continue
+            if chunk.finish_reason == inference_pb2.FINISH_REASON_ERROR:
+                raise _worker_failure(chunk)
+            await response.write(
+                chunk_json(ChoiceDelta(), FINISH_REASONS.get(chunk.finish_reason, "stop"))
+            )
+            if body.stream_options is not None and body.stream_options.include_usage:
+                await response.write(
+                    chunk_json(ChoiceDelta(), usage=CompletionUsage.from_proto(chunk.usage))
+                )
+    except RegioError as error:
+        # Headers are gone: the error travels as a last event, as OpenAI's API does.
+        if isinstance(error, UpstreamTimeout):
+            await state.billing.release(request[TRANSACTION_KEY], "worker silent")
+        await response.write(_sse(json.dumps(error.envelope(), separators=(",", ":"))))
+    await response.write(_sse("[DONE]"))
+    await response.write_eof()
+    return response

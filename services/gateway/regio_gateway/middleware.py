@@ -1,0 +1,82 @@
+"""Every response gets an `x-transaction-id`; every error becomes the OpenAI error envelope.
+
+This is the one place where errors are rendered: handlers raise `RegioError`s; anything else
+is logged with its stack trace and answered with a generic 500."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+
+import structlog
+from aiohttp import web
+from regio_common.errors import (
+    InvalidRequest,
+    MethodNotAllowed,
+    NotFound,
+    RegioError,
+    RequestTooLarge,
+    ServerError,
+)
+from regio_common.ids import new_transaction_id
+
+log = structlog.get_logger()
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+TRANSACTION_HEADER = "x-transaction-id"
+TRANSACTION_KEY = "transaction_id"
+
+
+def error_response(error: RegioError, transaction_id: str) -> web.Response:
+    return web.json_response(
+        error.envelope(), status=error.status, headers={TRANSACTION_HEADER: transaction_id}
+    )
+
+
+def _from_http_exception(exc: web.HTTPException) -> RegioError:
+    if isinstance(exc, web.HTTPNotFound):
+        return NotFound("Unknown URL. See GET /v1/models and POST /v1/chat/completions.")
+    if isinstance(exc, web.HTTPMethodNotAllowed):
+        return MethodNotAllowed(f"Method {exc.method} is not allowed here.")
+    if isinstance(exc, web.HTTPRequestEntityTooLarge):
+        return RequestTooLarge("The request body is too large.", param="body")
+    if exc.status < 500:
+        return InvalidRequest(exc.reason)
+    return ServerError("The server could not complete the request.")
+
+
+@web.middleware
+async def transaction_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    transaction_id = new_transaction_id()
+    request[TRANSACTION_KEY] = transaction_id
+    structlog.contextvars.bind_contextvars(transaction_id=transaction_id)
+    started = time.perf_counter()
+    status = 500
+    try:
+        response = await handler(request)
+        status = response.status
+        if not response.prepared:
+            response.headers[TRANSACTION_HEADER] = transaction_id
+        return response
+    except RegioError as error:
+        status = error.status
+        if status >= 500:
+            log.warning("request_failed", error=error.message, code=error.code)
+        return error_response(error, transaction_id)
+    except web.HTTPException as exc:
+        mapped = _from_http_exception(exc)
+        status = mapped.status
+        return error_response(mapped, transaction_id)
+    except Exception:
+        log.exception("unhandled_error")
+        return error_response(
+            ServerError("The server had an error while processing your request."), transaction_id
+        )
+    finally:
+        log.info(
+            "request",
+            method=request.method,
+            path=request.path,
+            status=status,
+            duration_ms=round((time.perf_counter() - started) * 1000, 2),
+        )
+        structlog.contextvars.unbind_contextvars("transaction_id")
