@@ -6,8 +6,8 @@ import asyncio
 import signal
 
 from aiohttp import web
-from regio_common.logging import configure_logging
 
+from regio_common.logging import configure_logging
 from regio_gateway.app import build_app, build_state, close_state
 from regio_gateway.settings import GatewaySettings
 

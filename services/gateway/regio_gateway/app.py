@@ -5,18 +5,18 @@ from __future__ import annotations
 import structlog
 from aiohttp import web
 from nats.aio.msg import Msg
+
 from regio.inference.v1 import inference_pb2
 from regio_common.catalogue import Catalogue
 from regio_common.config_records import config_bucket
+from regio_common.http_middleware import transaction_middleware
 from regio_common.nats_connection import connect_nats
 from regio_common.subjects import HEARTBEAT_WILDCARD
-
 from regio_gateway.billing_client import BillingClient
 from regio_gateway.config_store import ConfigStore
 from regio_gateway.dispatch import Dispatcher
 from regio_gateway.handlers.chat_completions import create_chat_completion
 from regio_gateway.handlers.models import health, list_models
-from regio_gateway.middleware import transaction_middleware
 from regio_gateway.settings import GatewaySettings
 from regio_gateway.state import STATE_KEY, GatewayState
 from regio_gateway.worker_registry import WorkerRegistry

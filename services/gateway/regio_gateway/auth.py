@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from aiohttp import web
+
 from regio_common.config_records import ApiKeyRecord
 from regio_common.errors import AuthenticationFailed, InvalidRequest
-
 from regio_gateway.config_store import ConfigStore
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import grpc
 import structlog
+
 from regio.billing.v1 import billing_pb2, billing_pb2_grpc
 from regio_common.errors import InsufficientBudget, ModelNotFound, ServiceUnavailable
 

@@ -8,6 +8,7 @@ import contextlib
 import structlog
 from nats.js.kv import KeyValue
 from pydantic import ValidationError
+
 from regio_common.config_records import ActivationRecord, ApiKeyRecord, hash_api_key
 from regio_common.subjects import ACTIVATION_PREFIX, API_KEY_PREFIX
 

@@ -16,10 +16,10 @@ import structlog
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
+
 from regio.inference.v1 import inference_pb2
 from regio_common.errors import ServerError, ServiceUnavailable, UpstreamTimeout
 from regio_common.subjects import cancel_subject, infer_subject
-
 from regio_gateway.worker_registry import WorkerRegistry
 
 log = structlog.get_logger()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from aiohttp import web
+
 from regio_common.catalogue import Catalogue
 
 

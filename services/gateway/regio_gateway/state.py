@@ -6,8 +6,8 @@ from dataclasses import dataclass
 
 from aiohttp import web
 from nats.aio.client import Client
-from regio_common.catalogue import Catalogue
 
+from regio_common.catalogue import Catalogue
 from regio_gateway.billing_client import BillingClient
 from regio_gateway.config_store import ConfigStore
 from regio_gateway.dispatch import Dispatcher

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 from aiohttp import web
+
 from regio_common.errors import InvalidRequest, RequestTooLarge
 
 

@@ -11,14 +11,14 @@ import time
 
 import structlog
 from aiohttp import web
+
 from regio.inference.v1 import inference_pb2
 from regio_common.errors import InvalidRequest, RegioError, ServerError, UpstreamTimeout
-
+from regio_common.http_middleware import TRANSACTION_HEADER, TRANSACTION_KEY
 from regio_gateway.auth import authenticate
 from regio_gateway.dispatch import WorkerStream
 from regio_gateway.handlers.body import read_json_body
 from regio_gateway.handlers.routing import resolve_activation
-from regio_gateway.middleware import TRANSACTION_HEADER, TRANSACTION_KEY
 from regio_gateway.protocol.chat_completion import (
     FINISH_REASONS,
     AssistantMessage,

@@ -5,7 +5,6 @@ from __future__ import annotations
 from regio_common.catalogue import Catalogue, Route
 from regio_common.config_records import ActivationRecord
 from regio_common.errors import ModelNotFound, RegionMismatch
-
 from regio_gateway.config_store import ConfigStore
 
 

@@ -6,6 +6,7 @@ import time
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
 from regio.inference.v1 import inference_pb2
 from regio_common.catalogue import Route
 from regio_common.errors import InvalidRequest

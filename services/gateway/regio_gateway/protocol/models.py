@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Literal
 
 from pydantic import BaseModel
+
 from regio_common.catalogue import Capabilities, Route
 
 

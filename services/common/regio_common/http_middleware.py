@@ -1,7 +1,9 @@
-"""Every response gets an `x-transaction-id`; every error becomes the OpenAI error envelope.
+"""aiohttp middleware of the HTTP services (gateway, dashboard-api).
 
-This is the one place where errors are rendered: handlers raise `RegioError`s; anything else
-is logged with its stack trace and answered with a generic 500."""
+Every response gets an `x-transaction-id`; every error becomes the OpenAI error envelope. This
+is the one place where errors are rendered: handlers raise `RegioError`s; anything else is
+logged with its stack trace and answered with a generic 500. (Needs aiohttp, which only the
+HTTP services install.)"""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ from collections.abc import Awaitable, Callable
 
 import structlog
 from aiohttp import web
+
 from regio_common.errors import (
     InvalidRequest,
     MethodNotAllowed,
@@ -34,7 +37,7 @@ def error_response(error: RegioError, transaction_id: str) -> web.Response:
 
 def _from_http_exception(exc: web.HTTPException) -> RegioError:
     if isinstance(exc, web.HTTPNotFound):
-        return NotFound("Unknown URL. See GET /v1/models and POST /v1/chat/completions.")
+        return NotFound("Unknown URL.")
     if isinstance(exc, web.HTTPMethodNotAllowed):
         return MethodNotAllowed(f"Method {exc.method} is not allowed here.")
     if isinstance(exc, web.HTTPRequestEntityTooLarge):

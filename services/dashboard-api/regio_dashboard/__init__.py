@@ -1,0 +1,1 @@
+"""The dashboard API: accounts, API keys, credits and route activations (admin REST API)."""

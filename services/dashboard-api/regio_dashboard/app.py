@@ -1,0 +1,61 @@
+"""Wiring of the dashboard API: migrations, pool, NATS KV projection, billing, routes."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from aiohttp import web
+from psycopg_pool import AsyncConnectionPool
+
+from regio_common.catalogue import Catalogue
+from regio_common.config_records import config_bucket
+from regio_common.http_middleware import transaction_middleware
+from regio_common.migrations import apply_migrations
+from regio_common.nats_connection import connect_nats
+from regio_dashboard.billing_client import CreditsClient
+from regio_dashboard.handlers import add_routes
+from regio_dashboard.projection import ConfigProjection
+from regio_dashboard.settings import DashboardSettings
+from regio_dashboard.state import STATE_KEY, DashboardState
+from regio_dashboard.store import DashboardStore
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+@asynccontextmanager
+async def dashboard_state(settings: DashboardSettings) -> AsyncIterator[DashboardState]:
+    if settings.admin_token is None or not settings.admin_token.get_secret_value():
+        raise SystemExit("REGIO_ADMIN_TOKEN must be set: the dashboard API has no default admin")
+    await apply_migrations(settings.database_url, "dashboard", MIGRATIONS)
+    pool = AsyncConnectionPool(
+        settings.database_url, min_size=1, max_size=settings.database_pool_size, open=False
+    )
+    await pool.open(wait=True)
+    nc = await connect_nats(settings.nats_url, name="regio-dashboard-api")
+    credits = CreditsClient(settings.billing_address, settings.billing_timeout_seconds)
+    store = DashboardStore(pool)
+    projection = ConfigProjection(await config_bucket(nc.jetstream()))
+    await projection.rebuild(store)
+    try:
+        yield DashboardState(
+            admin_token=settings.admin_token.get_secret_value(),
+            free_system_prompt_max_chars=settings.free_system_prompt_max_chars,
+            catalogue=Catalogue.load(settings.catalogue_path),
+            nats=nc,
+            store=store,
+            projection=projection,
+            credits=credits,
+        )
+    finally:
+        await credits.close()
+        await nc.drain()
+        await pool.close()
+
+
+def build_app(state: DashboardState) -> web.Application:
+    app = web.Application(middlewares=[transaction_middleware], client_max_size=256 * 1024)
+    app[STATE_KEY] = state
+    add_routes(app)
+    return app

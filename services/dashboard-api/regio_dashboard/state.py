@@ -1,0 +1,27 @@
+"""Everything the dashboard's handlers need, built once per process."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from aiohttp import web
+from nats.aio.client import Client
+
+from regio_common.catalogue import Catalogue
+from regio_dashboard.billing_client import CreditsClient
+from regio_dashboard.projection import ConfigProjection
+from regio_dashboard.store import DashboardStore
+
+
+@dataclass
+class DashboardState:
+    admin_token: str
+    free_system_prompt_max_chars: int
+    catalogue: Catalogue
+    nats: Client
+    store: DashboardStore
+    projection: ConfigProjection
+    credits: CreditsClient
+
+
+STATE_KEY = web.AppKey("dashboard_state", DashboardState)
