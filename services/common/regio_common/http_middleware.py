@@ -26,7 +26,7 @@ from regio_common.ids import new_transaction_id
 log = structlog.get_logger()
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 TRANSACTION_HEADER = "x-transaction-id"
-TRANSACTION_KEY = "transaction_id"
+TRANSACTION_KEY = web.RequestKey("transaction_id", str)
 
 
 def error_response(error: RegioError, transaction_id: str) -> web.Response:

@@ -1,0 +1,90 @@
+"""`make run`: start the whole platform on this machine and print how to call it."""
+
+from __future__ import annotations
+
+import signal
+import sys
+import time
+from typing import NoReturn
+
+from regio_devstack.settings import DevstackSettings
+from regio_devstack.stack import Stack, StackConfig
+
+
+def say(message: str) -> None:
+    print(f"regio | {message}", flush=True)
+
+
+def banner(stack: Stack, api_key: str) -> str:
+    route = next(iter(stack.catalogue.routes))
+    base = f"{stack.gateway_url}/v1"
+    return f"""
+Regio is running.
+
+  Base URL (region eu): {base}
+  Region de:            the same URL with the header "Host: de.localhost" (region = first
+                        label of the host name; nl.localhost likewise)
+  API key:              {api_key}
+  Dashboard API:        {stack.dashboard_url}  (admin token in {stack.config.data_dir}/admin-token)
+  Logs:                 {stack.logs_dir}
+
+Try it:
+
+  curl -N {base}/chat/completions \\
+    -H "Authorization: Bearer {api_key}" \\
+    -H "Content-Type: application/json" \\
+    -d '{{"model": "{route}", "stream": true, "max_tokens": 64,
+         "messages": [{{"role": "user", "content": "Write one sentence about the sea."}}]}}'
+
+  python: OpenAI(base_url="{base}", api_key="{api_key}")
+
+Press Ctrl-C to stop everything.
+"""
+
+
+def _interrupt(signum: int, frame: object) -> NoReturn:
+    raise KeyboardInterrupt
+
+
+def main() -> int:
+    settings = DevstackSettings()
+    stack = Stack(
+        StackConfig(
+            data_dir=settings.data_dir,
+            catalogue_path=settings.catalogue_path,
+            gateway_port=settings.gateway_port,
+            dashboard_port=settings.dashboard_port,
+            billing_port=settings.billing_port,
+            nats_url=settings.nats_url,
+            database_url=settings.database_url,
+            worker_country=settings.worker_country,
+            demo_credit_eur=settings.demo_credit_eur,
+        ),
+        say=say,
+    )
+    # Ctrl-C and SIGTERM interrupt whatever runs (start-up included); `finally` stops children.
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        say(f"data in {settings.data_dir}; service logs in {stack.logs_dir}")
+        stack.start()
+        demo = stack.seed_demo()
+        print(banner(stack, demo.api_key), flush=True)
+        while True:
+            time.sleep(1.0)
+            for process in stack.services:
+                if not process.running():
+                    say(f"{process.name} exited; last log lines:\n{process.log_tail()}")
+                    return 1
+    except KeyboardInterrupt:
+        return 0
+    except Exception as error:
+        say(f"failed: {error}")
+        return 1
+    finally:
+        say("stopping ...")
+        stack.stop()
+        say("stopped.")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,249 @@
+"""The whole platform on one machine: servers, services, and a demo account.
+
+`make run` uses it with fixed user-facing ports and a project-local data folder; the e2e tests
+use it with free ports in a temporary folder."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from regio_common.catalogue import Catalogue
+from regio_devstack.processes import ManagedProcess, port_open
+from regio_devstack.servers import NatsServer, PostgresServer
+
+DEMO_ACCOUNT = "demo"
+
+
+@dataclass
+class StackConfig:
+    data_dir: Path
+    catalogue_path: Path
+    gateway_port: int
+    dashboard_port: int
+    billing_port: int
+    nats_url: str | None = None  # an existing server; None starts one
+    database_url: str | None = None  # an existing server; None starts one
+    worker_country: str = "de"
+    demo_credit_eur: str = "10"
+    log_format: str = "json"
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class DemoAccount:
+    account_id: str
+    api_key: str
+
+
+class Stack:
+    def __init__(self, config: StackConfig, say: Callable[[str], None] = print) -> None:
+        self.config = config
+        self.say = say
+        self.catalogue = Catalogue.load(config.catalogue_path)
+        self.nats: NatsServer | None = None
+        self.postgres: PostgresServer | None = None
+        self.services: list[ManagedProcess] = []
+        self.nats_url = config.nats_url or ""
+        self.database_url = config.database_url or ""
+        self.admin_token = self._admin_token()
+
+    # -- paths and addresses ------------------------------------------------------------------
+    @property
+    def logs_dir(self) -> Path:
+        return self.config.data_dir / "logs"
+
+    @property
+    def gateway_url(self) -> str:
+        return f"http://127.0.0.1:{self.config.gateway_port}"
+
+    @property
+    def dashboard_url(self) -> str:
+        return f"http://127.0.0.1:{self.config.dashboard_port}"
+
+    @property
+    def billing_address(self) -> str:
+        return f"127.0.0.1:{self.config.billing_port}"
+
+    def _admin_token(self) -> str:
+        """Generated once per data folder, so a restarted stack keeps its admin credential."""
+        path = self.config.data_dir / "admin-token"
+        if path.exists():
+            return path.read_text().strip()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        token = "adm-" + secrets.token_urlsafe(24)
+        path.write_text(token)
+        path.chmod(0o600)
+        return token
+
+    def service_env(self, **overrides: str) -> dict[str, str]:
+        env = {
+            **os.environ,
+            "REGIO_NATS_URL": self.nats_url,
+            "REGIO_DATABASE_URL": self.database_url,
+            "REGIO_CATALOGUE_PATH": str(self.config.catalogue_path),
+            "REGIO_BILLING_ADDRESS": self.billing_address,
+            "REGIO_BILLING_LISTEN_ADDRESS": self.billing_address,
+            "REGIO_GATEWAY_PORT": str(self.config.gateway_port),
+            "REGIO_DASHBOARD_PORT": str(self.config.dashboard_port),
+            "REGIO_ADMIN_TOKEN": self.admin_token,
+            "REGIO_MODELS_DIR": str(self.config.data_dir / "models"),
+            "REGIO_LOG_FORMAT": self.config.log_format,
+            **self.config.extra_env,
+        }
+        env.update(overrides)
+        return env
+
+    # -- lifecycle ----------------------------------------------------------------------------
+    def start(self) -> None:
+        try:
+            self._start_servers()
+            self.start_service("billing", "regio_billing")
+            self._wait(self.services[-1], lambda: port_open("127.0.0.1", self.config.billing_port))
+            self.start_service("dashboard-api", "regio_dashboard")
+            self._wait(self.services[-1], lambda: _http_ok(self.dashboard_url + "/health"))
+            self.start_service("gateway", "regio_gateway")
+            self._wait(self.services[-1], lambda: _http_ok(self.gateway_url + "/health"))
+            for route in self.catalogue.routes:
+                self.start_worker(route, self.config.worker_country)
+            for route in self.catalogue.routes:
+                self.wait_for_route(route, self.config.worker_country)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start_servers(self) -> None:
+        data = self.config.data_dir
+        if not self.nats_url:
+            self.say("starting nats-server (JetStream) ...")
+            self.nats = NatsServer(data / "nats").start()
+            self.nats_url = self.nats.url
+        if not self.database_url:
+            first = not (data / "pg" / "PG_VERSION").exists()
+            self.say("initialising PostgreSQL ..." if first else "starting PostgreSQL ...")
+            self.postgres = PostgresServer(data / "pg").start()
+            self.database_url = self.postgres.url()
+
+    def start_service(self, name: str, module: str, **env: str) -> ManagedProcess:
+        self.say(f"starting {name} ...")
+        process = ManagedProcess(
+            name,
+            [sys.executable, "-m", module],
+            self.logs_dir / f"{name}.log",
+            env=self.service_env(**env),
+        ).start()
+        self.services.append(process)
+        return process
+
+    def start_worker(self, route: str, country: str) -> ManagedProcess:
+        return self.start_service(
+            f"worker-{country}-{route}-{len(self.services)}",
+            "regio_worker",
+            REGIO_WORKER_ROUTE=route,
+            REGIO_WORKER_COUNTRY=country,
+        )
+
+    def wait_for_route(self, route: str, country: str, timeout: float = 300.0) -> None:
+        """Until the gateway has seen a heartbeat of a worker for (country, route)."""
+        worker = self.services[-1]
+
+        def live() -> bool:
+            health = _http_json(self.gateway_url + "/health", host=f"{country}.localhost")
+            return country in health.get("routes", {}).get(route, {}).get("countries", [])
+
+        self._wait(worker, live, timeout)
+
+    def _wait(
+        self, process: ManagedProcess, ready: Callable[[], bool], timeout: float = 60
+    ) -> None:
+        process.wait_until(ready, timeout, "readiness")
+
+    def stop(self) -> None:
+        for process in reversed(self.services):
+            process.stop()
+        self.services.clear()
+        if self.postgres is not None:
+            self.postgres.stop()
+        if self.nats is not None:
+            self.nats.stop()
+
+    # -- demo account -------------------------------------------------------------------------
+    def admin(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+        return _http_json(
+            self.dashboard_url + path,
+            method=method,
+            body=body,
+            headers={"Authorization": f"Bearer {self.admin_token}"},
+        )
+
+    def seed_demo(self) -> DemoAccount:
+        """A demo account with credit, a key and every route activated where a worker runs.
+
+        The plaintext key is kept in the data folder, so the next start prints the same key."""
+        saved = self.config.data_dir / "demo.json"
+        existing = self.admin("GET", f"/admin/v1/accounts?name={DEMO_ACCOUNT}")["data"]
+        if existing and saved.exists():
+            demo = DemoAccount(**json.loads(saved.read_text()))
+            if demo.account_id == existing[0]["id"]:
+                return demo
+        account_id = (
+            existing[0]["id"]
+            if existing
+            else self.admin("POST", "/admin/v1/accounts", {"name": DEMO_ACCOUNT})["id"]
+        )
+        key = self.admin("POST", f"/admin/v1/accounts/{account_id}/keys")["key"]
+        self.admin(
+            "POST",
+            f"/admin/v1/accounts/{account_id}/credits",
+            {
+                "amount_eur": self.config.demo_credit_eur,
+                "idempotency_key": f"demo-initial-credit-{account_id}",
+                "reference": "demo account",
+            },
+        )
+        for route in self.catalogue.routes.values():
+            for region in route.regions:
+                if self.config.worker_country in self.catalogue.countries(region):
+                    self.admin(
+                        "PUT", f"/admin/v1/accounts/{account_id}/activations/{route.name}/{region}"
+                    )
+        demo = DemoAccount(account_id=account_id, api_key=key)
+        saved.write_text(json.dumps({"account_id": account_id, "api_key": key}))
+        saved.chmod(0o600)
+        return demo
+
+
+def _http_json(
+    url: str,
+    method: str = "GET",
+    body: dict[str, Any] | None = None,
+    headers: dict[str, str] | None = None,
+    host: str | None = None,
+) -> Any:
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(url, data=data, method=method, headers=headers or {})
+    if data is not None:
+        request.add_header("Content-Type", "application/json")
+    if host is not None:
+        request.add_header("Host", host)
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        raise RuntimeError(f"{method} {url}: {error.code} {error.read().decode()}") from None
+
+
+def _http_ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return bool(response.status == 200)
+    except (urllib.error.URLError, OSError):
+        return False

@@ -1,0 +1,78 @@
+"""The whole platform, started once for the e2e session on free ports in a temporary folder:
+real nats-server, PostgreSQL, billing, dashboard-api, a llama.cpp worker on the real GGUF,
+and the gateway. Tests drive it with the official `openai` SDK and plain HTTP."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import openai
+import pytest
+
+from regio_common.settings import DEFAULT_CATALOGUE, PROJECT_ROOT
+from regio_devstack.processes import free_port
+from regio_devstack.stack import DemoAccount, Stack, StackConfig
+from tests.e2e.helpers import wait_until_key_known
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    data_dir = tmp_path_factory.mktemp("stack")
+    # Share the assembled model between runs: assembling it is the slow part of a first start.
+    models_dir = PROJECT_ROOT / ".regio" / "models"
+    running = Stack(
+        StackConfig(
+            data_dir=data_dir,
+            catalogue_path=DEFAULT_CATALOGUE,
+            extra_env={"REGIO_MODELS_DIR": str(models_dir)},
+            gateway_port=free_port(),
+            dashboard_port=free_port(),
+            billing_port=free_port(),
+        ),
+        say=lambda message: None,
+    )
+    running.start()
+    yield running
+    running.stop()
+
+
+@pytest.fixture(scope="session")
+def demo(stack: Stack) -> DemoAccount:
+    return stack.seed_demo()
+
+
+@pytest.fixture(scope="session")
+def client(stack: Stack, demo: DemoAccount) -> openai.OpenAI:
+    return openai.OpenAI(base_url=stack.gateway_url + "/v1", api_key=demo.api_key, max_retries=0)
+
+
+@dataclass(frozen=True)
+class Customer:
+    account_id: str
+    api_key: str
+    client: openai.OpenAI
+
+
+@pytest.fixture
+def new_customer(stack: Stack) -> Any:
+    """Factory: a fresh account with a key, some credit and chosen activations."""
+
+    def make(credit_eur: str = "1", regions: tuple[str, ...] = ("eu",)) -> Customer:
+        name = f"customer-{time.monotonic_ns()}"
+        account_id = stack.admin("POST", "/admin/v1/accounts", {"name": name})["id"]
+        key = stack.admin("POST", f"/admin/v1/accounts/{account_id}/keys")["key"]
+        stack.admin(
+            "POST",
+            f"/admin/v1/accounts/{account_id}/credits",
+            {"amount_eur": credit_eur, "idempotency_key": f"{name}-credit"},
+        )
+        for region in regions:
+            stack.admin("PUT", f"/admin/v1/accounts/{account_id}/activations/liv/{region}")
+        client = openai.OpenAI(base_url=stack.gateway_url + "/v1", api_key=key, max_retries=0)
+        wait_until_key_known(client)
+        return Customer(account_id, key, client)
+
+    return make

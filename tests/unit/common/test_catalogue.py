@@ -1,0 +1,31 @@
+"""Both shipped catalogues load, and mistakes in a catalogue are caught at load time."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from regio_common.catalogue import Catalogue
+from regio_common.settings import DEFAULT_CATALOGUE
+
+
+def test_shipped_catalogues_load() -> None:
+    dev = Catalogue.load(DEFAULT_CATALOGUE)
+    assert list(dev.routes) == ["liv"]
+    assert dev.countries("eu") == ["de", "nl", "fr", "fi"]
+    production = Catalogue.load(DEFAULT_CATALOGUE.with_name("catalogue.production.toml"))
+    assert sorted(production.routes) == ["clara", "liv", "nikola"]
+    assert production.routes["nikola"].output_price_nano == 319_000_000
+
+
+def test_unknown_region_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text(
+        '[regions]\neu = ["de"]\n[routes.x]\nbase_models = ["m"]\n'
+        'source = { gguf_path = "/m.gguf" }\ncontext_length = 10\nmax_output_tokens = 5\n'
+        'input_price_eur_per_mtok = "1"\noutput_price_eur_per_mtok = "1"\nregions = ["mars"]\n'
+    )
+    with pytest.raises(ValidationError, match="unknown regions"):
+        Catalogue.load(path)

@@ -1,0 +1,115 @@
+"""Validation of chat completion requests: every problem is a 400 naming its parameter."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from regio_common.catalogue import Catalogue, Route
+from regio_common.errors import InvalidRequest
+from regio_common.settings import DEFAULT_CATALOGUE
+from regio_gateway.protocol.chat_completion import ChatCompletionRequest
+
+USER = {"role": "user", "content": "Hello"}
+
+
+@pytest.fixture
+def liv() -> Route:
+    return Catalogue.load(DEFAULT_CATALOGUE).routes["liv"]
+
+
+@pytest.fixture
+def production_liv() -> Route:
+    path = Path(DEFAULT_CATALOGUE).with_name("catalogue.production.toml")
+    return Catalogue.load(path).routes["liv"]
+
+
+@pytest.mark.parametrize(
+    ("payload", "param"),
+    [
+        ([], "body"),
+        ({"model": "liv"}, "messages"),
+        ({"model": "liv", "messages": "hi"}, "messages"),
+        ({"model": "liv", "messages": []}, "messages"),
+        ({"messages": [USER]}, "model"),
+        ({"model": "liv", "messages": [{"role": "robot", "content": "x"}]}, "messages[0].role"),
+        ({"model": "liv", "messages": [USER, {"content": "x"}]}, "messages[1].role"),
+        ({"model": "liv", "messages": [USER], "max_tokens": 0}, "max_tokens"),
+        ({"model": "liv", "messages": [USER], "temperature": 2.5}, "temperature"),
+        ({"model": "liv", "messages": [USER], "n": 2}, "n"),
+        ({"model": "liv", "messages": [USER], "stop": ["a", "b", "c", "d", "e"]}, "stop"),
+    ],
+)
+def test_invalid_requests_name_the_parameter(payload: Any, param: str) -> None:
+    with pytest.raises(InvalidRequest) as caught:
+        ChatCompletionRequest.parse(payload)
+    assert caught.value.param == param
+    assert caught.value.status == 400
+    assert caught.value.envelope()["error"]["code"] == "invalid_value"
+
+
+def test_text_parts_are_joined() -> None:
+    request = ChatCompletionRequest.parse(
+        {
+            "model": "liv",
+            "messages": [
+                {
+                    "role": "user",
+                    "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}],
+                }
+            ],
+        }
+    )
+    assert request.messages[0].text == "ab"
+
+
+def test_max_tokens_defaults_and_is_clamped_to_the_route(liv: Route) -> None:
+    assert (
+        ChatCompletionRequest.parse({"model": "liv", "messages": [USER]}).output_limit(liv) == 256
+    )
+    huge = ChatCompletionRequest.parse({"model": "liv", "messages": [USER], "max_tokens": 10**6})
+    assert huge.output_limit(liv) == liv.max_output_tokens
+    alias = ChatCompletionRequest.parse(
+        {"model": "liv", "messages": [USER], "max_completion_tokens": 7}
+    )
+    assert alias.output_limit(liv) == 7
+
+
+def test_parameters_the_route_lacks_are_refused(liv: Route, production_liv: Route) -> None:
+    request = ChatCompletionRequest.parse(
+        {"model": "liv", "messages": [USER], "response_format": {"type": "json_object"}}
+    )
+    with pytest.raises(InvalidRequest) as caught:
+        request.check_supported(liv)
+    assert caught.value.param == "response_format"
+    assert caught.value.code == "unsupported_parameter"
+    request.check_supported(production_liv)  # the production route has JSON mode
+
+
+def test_prompt_token_bound_covers_every_byte() -> None:
+    request = ChatCompletionRequest.parse(
+        {"model": "liv", "messages": [{"role": "user", "content": "héllo"}, USER]}
+    )
+    assert request.prompt_token_bound() >= len("héllo".encode()) + len("Hello")
+
+
+def test_conversion_to_the_worker_request(liv: Route) -> None:
+    request = ChatCompletionRequest.parse(
+        {"model": "liv", "messages": [USER], "temperature": 0.5, "stop": "END", "seed": 3}
+    )
+    proto = request.to_inference_request(
+        transaction_id="txn-1",
+        account_id="acct_1",
+        route=liv,
+        region="eu",
+        free_system_prompt="Be brief.",
+        deadline_unix_ms=1,
+    )
+    assert proto.sampling.temperature == pytest.approx(0.5)
+    assert list(proto.sampling.stop) == ["END"]
+    assert proto.sampling.seed == 3
+    assert not proto.sampling.HasField("top_p")
+    assert proto.free_system_prompt == "Be brief."
+    assert [(m.role, m.content) for m in proto.messages] == [("user", "Hello")]
