@@ -8,14 +8,16 @@ import pytest
 from pydantic import ValidationError
 
 from regio_common.catalogue import Catalogue
-from regio_common.settings import DEFAULT_CATALOGUE
+from regio_common.settings import DEFAULT_CATALOGUE, PROJECT_ROOT
 
 
 def test_shipped_catalogues_load() -> None:
     dev = Catalogue.load(DEFAULT_CATALOGUE)
     assert list(dev.routes) == ["liv"]
     assert dev.countries("eu") == ["de", "nl", "fr", "fi"]
-    production = Catalogue.load(DEFAULT_CATALOGUE.with_name("catalogue.production.toml"))
+    production = Catalogue.load(
+        PROJECT_ROOT / "deploy" / "k8s" / "base" / "catalogue.production.toml"
+    )
     assert sorted(production.routes) == ["clara", "liv", "nikola"]
     assert production.routes["nikola"].output_price_nano == 319_000_000
 

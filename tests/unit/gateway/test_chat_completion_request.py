@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from regio_common.catalogue import Catalogue, Route
 from regio_common.errors import InvalidRequest
-from regio_common.settings import DEFAULT_CATALOGUE
+from regio_common.settings import DEFAULT_CATALOGUE, PROJECT_ROOT
 from regio_gateway.protocol.chat_completion import ChatCompletionRequest
 
 USER = {"role": "user", "content": "Hello"}
@@ -22,7 +21,7 @@ def liv() -> Route:
 
 @pytest.fixture
 def production_liv() -> Route:
-    path = Path(DEFAULT_CATALOGUE).with_name("catalogue.production.toml")
+    path = PROJECT_ROOT / "deploy" / "k8s" / "base" / "catalogue.production.toml"
     return Catalogue.load(path).routes["liv"]
 
 
