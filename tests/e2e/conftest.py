@@ -27,7 +27,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         StackConfig(
             data_dir=data_dir,
             catalogue_path=DEFAULT_CATALOGUE,
-            extra_env={"REGIO_MODELS_DIR": str(models_dir)},
+            models_dir=models_dir,
             gateway_port=free_port(),
             dashboard_port=free_port(),
             billing_port=free_port(),

