@@ -1,0 +1,1 @@
+"""The billing service: prepaid credits, holds, settlement and a double-entry journal."""

@@ -1,0 +1,44 @@
+"""`python -m regio_billing`: run the billing service until SIGTERM or SIGINT."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+
+import structlog
+
+from regio_billing.app import BillingApp
+from regio_billing.settings import BillingSettings
+from regio_common.logging import configure_logging
+
+
+async def serve(settings: BillingSettings) -> None:
+    log = structlog.get_logger()
+    stop_requested = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop_requested.set)
+
+    app = BillingApp(settings)
+    try:
+        await app.start()
+    except Exception:
+        log.exception("billing_start_failed")
+        raise SystemExit(1) from None
+    log.info("billing_ready", address=app.address)
+    await stop_requested.wait()
+    log.info("billing_stopping")
+    await app.stop()
+    log.info("billing_stopped")
+
+
+def main() -> None:
+    settings = BillingSettings()
+    configure_logging("billing", settings.log_level, settings.log_format)
+    # Every log line of this process, including those of tasks started later, names the service.
+    structlog.contextvars.bind_contextvars(service="billing")
+    asyncio.run(serve(settings))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,109 @@
+"""The ledger's invariants, checked against one consistent snapshot of the database.
+
+I1 cached balance = sum of the customer's postings      I2 every journal entry sums to zero
+I3 cached held = sum of the account's open holds         I4 balance - held >= 0
+I5 at most one settlement (and one charge) per transaction
+I6 a settlement's charge equals what its journal entry took from the customer
+I7 no settlement charges more than its hold"""
+
+from __future__ import annotations
+
+from psycopg import AsyncConnection
+from psycopg.rows import TupleRow
+
+from regio_billing.journal import CUSTOMER_PREFIX
+
+# (label, query returning one row per violation, format of the row's columns)
+CHECKS: list[tuple[str, str, str]] = [
+    (
+        "I1",
+        """
+        SELECT coalesce(a.account_id, substr(p.ledger_account, length(%(prefix)s) + 1)),
+               coalesce(a.balance_nano, 0), coalesce(p.total, 0)
+        FROM billing.accounts a
+        FULL JOIN (
+            SELECT ledger_account, sum(amount_nano) AS total FROM billing.postings
+            WHERE starts_with(ledger_account, %(prefix)s) GROUP BY ledger_account
+        ) p ON p.ledger_account = %(prefix)s || a.account_id
+        WHERE coalesce(a.balance_nano, 0) <> coalesce(p.total, 0)
+        """,
+        "account {0}: cached balance {1} != sum of postings {2}",
+    ),
+    (
+        "I2",
+        """
+        SELECT journal_id, sum(amount_nano) FROM billing.postings
+        GROUP BY journal_id HAVING sum(amount_nano) <> 0
+        """,
+        "journal entry {0} sums to {1}, not 0",
+    ),
+    (
+        "I3",
+        """
+        SELECT a.account_id, a.held_nano, coalesce(h.total, 0)
+        FROM billing.accounts a
+        LEFT JOIN (
+            SELECT account_id, sum(amount_nano) AS total FROM billing.holds
+            WHERE status = 'open' GROUP BY account_id
+        ) h ON h.account_id = a.account_id
+        WHERE a.held_nano <> coalesce(h.total, 0)
+        """,
+        "account {0}: cached held {1} != sum of open holds {2}",
+    ),
+    (
+        "I4",
+        """
+        SELECT account_id, balance_nano, held_nano FROM billing.accounts
+        WHERE balance_nano - held_nano < 0
+        """,
+        "account {0}: balance {1} - held {2} is negative",
+    ),
+    (
+        "I5",
+        """
+        SELECT coalesce(s.transaction_id, c.transaction_id), coalesce(s.n, 0), coalesce(c.n, 0)
+        FROM (
+            SELECT transaction_id, count(*) AS n FROM billing.settlements GROUP BY transaction_id
+        ) s
+        FULL JOIN (
+            SELECT reference_key AS transaction_id, count(*) AS n FROM billing.journal
+            WHERE kind = 'charge' GROUP BY reference_key
+        ) c ON c.transaction_id = s.transaction_id
+        WHERE coalesce(s.n, 0) <> 1 OR coalesce(c.n, 0) > 1
+        """,
+        "transaction {0}: {1} settlements and {2} charge entries (expected 1 and at most 1)",
+    ),
+    (
+        "I6",
+        """
+        SELECT s.transaction_id, s.charged_nano, coalesce(-sum(p.amount_nano), 0)
+        FROM billing.settlements s
+        LEFT JOIN billing.postings p
+            ON p.journal_id = s.journal_id AND p.ledger_account = %(prefix)s || s.account_id
+        GROUP BY s.transaction_id, s.charged_nano
+        HAVING s.charged_nano <> coalesce(-sum(p.amount_nano), 0)
+        """,
+        "transaction {0}: settlement charged {1} but the journal took {2} from the customer",
+    ),
+    (
+        "I7",
+        """
+        SELECT s.transaction_id, s.charged_nano, h.amount_nano
+        FROM billing.settlements s JOIN billing.holds h USING (transaction_id)
+        WHERE s.charged_nano > h.amount_nano
+        """,
+        "transaction {0}: charged {1} exceeds its hold {2}",
+    ),
+]
+
+
+async def find_violations(conn: AsyncConnection[TupleRow]) -> list[str]:
+    violations: list[str] = []
+    async with conn.transaction():
+        # One snapshot for all checks, so that concurrent traffic cannot fake a violation.
+        await conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        for label, query, message in CHECKS:
+            cursor = await conn.execute(query, {"prefix": CUSTOMER_PREFIX})
+            for row in await cursor.fetchall():
+                violations.append(f"{label}: " + message.format(*row))
+    return violations

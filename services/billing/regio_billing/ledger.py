@@ -1,0 +1,468 @@
+"""The ledger: holds, settlement and payments in PostgreSQL, each operation one transaction.
+
+Lock order, to stay free of deadlocks: a hold row before an account row; several account rows
+in account_id order. Reserve locks only its account (the hold it inserts is new)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import psycopg
+import structlog
+from psycopg import AsyncConnection
+from psycopg.rows import TupleRow
+
+from regio_billing.database import BillingPool
+from regio_billing.errors import HoldNotFound, IdempotencyConflict, require
+from regio_billing.invariants import find_violations
+from regio_billing.journal import (
+    PAYMENTS_ACCOUNT,
+    REVENUE_ACCOUNT,
+    customer_ledger_account,
+    post_entry,
+)
+from regio_billing.pricing import Prices, hold_amount_nano, settlement_charge
+from regio_billing.results import (
+    BalanceSnapshot,
+    ReserveOutcome,
+    ReserveResult,
+    SettleResult,
+)
+from regio_common.catalogue import Catalogue
+
+log = structlog.get_logger()
+
+Connection = AsyncConnection[TupleRow]
+
+# Expired holds released per sweep transaction: keeps each transaction and its locks short.
+SWEEP_BATCH = 500
+
+
+@dataclass(frozen=True)
+class _Hold:
+    transaction_id: str
+    account_id: str
+    amount_nano: int
+    prices: Prices
+    status: str
+
+
+class Ledger:
+    def __init__(self, pool: BillingPool, catalogue: Catalogue) -> None:
+        self._pool = pool
+        self._catalogue = catalogue
+
+    async def reserve(
+        self,
+        *,
+        transaction_id: str,
+        account_id: str,
+        route: str,
+        region: str,
+        max_prompt_tokens: int,
+        max_completion_tokens: int,
+        ttl_seconds: int,
+    ) -> ReserveResult:
+        """Hold the worst-case cost of a request, or refuse. Idempotent per transaction id."""
+        require(bool(transaction_id), "transaction_id is required", "transaction_id")
+        require(bool(account_id), "account_id is required", "account_id")
+        require(ttl_seconds > 0, "ttl_seconds must be positive", "ttl_seconds")
+        require(max_prompt_tokens >= 0, "max_prompt_tokens cannot be negative", "max_prompt_tokens")
+        require(
+            max_completion_tokens >= 0,
+            "max_completion_tokens cannot be negative",
+            "max_completion_tokens",
+        )
+        catalogue_route = self._catalogue.routes.get(route)
+        if catalogue_route is None:
+            log.info("reserve_unknown_route", route=route)
+            return ReserveResult(ReserveOutcome.UNKNOWN_ROUTE, held_nano=0, available_nano=0)
+        prices = Prices.of_route(catalogue_route)
+        amount = hold_amount_nano(max_prompt_tokens, max_completion_tokens, prices)
+
+        async with self._pool.connection() as conn:
+            existing = await self._existing_hold_result(conn, transaction_id, account_id)
+            if existing is not None:
+                return existing
+            result = await self._try_hold(
+                conn,
+                transaction_id=transaction_id,
+                account_id=account_id,
+                route=route,
+                region=region,
+                amount=amount,
+                prices=prices,
+                ttl_seconds=ttl_seconds,
+            )
+            if result is not None:
+                log.info(
+                    "reserve_decided",
+                    account_id=account_id,
+                    outcome=result.outcome.value,
+                    hold_nano=amount,
+                    available_nano=result.available_nano,
+                )
+                return result
+            # A concurrent Reserve with the same transaction id committed first.
+            duplicate = await self._existing_hold_result(conn, transaction_id, account_id)
+            if duplicate is None:
+                raise RuntimeError(f"hold {transaction_id} vanished after a conflicting insert")
+            return duplicate
+
+    async def _try_hold(
+        self,
+        conn: Connection,
+        *,
+        transaction_id: str,
+        account_id: str,
+        route: str,
+        region: str,
+        amount: int,
+        prices: Prices,
+        ttl_seconds: int,
+    ) -> ReserveResult | None:
+        """One transaction: raise held_nano only if the credit covers it, and record the hold.
+        None when a concurrent duplicate won (our increase is rolled back)."""
+        async with conn.transaction():
+            # The row lock plus the re-checked WHERE make concurrent Reserves on one account
+            # serialise, so available credit can never go negative.
+            cursor = await conn.execute(
+                "UPDATE billing.accounts SET held_nano = held_nano + %(amount)s"
+                " WHERE account_id = %(account_id)s AND balance_nano - held_nano >= %(amount)s"
+                " RETURNING balance_nano - held_nano",
+                {"amount": amount, "account_id": account_id},
+            )
+            row = await cursor.fetchone()
+            if row is None:
+                available = (await _balance(conn, account_id)).available_nano
+                return ReserveResult(ReserveOutcome.INSUFFICIENT_FUNDS, 0, available)
+            available_after: int = row[0]
+            cursor = await conn.execute(
+                "INSERT INTO billing.holds (transaction_id, account_id, route, region,"
+                " amount_nano, input_price_nano, output_price_nano, expires_at)"
+                " VALUES (%s, %s, %s, %s, %s, %s, %s, now() + make_interval(secs => %s))"
+                " ON CONFLICT (transaction_id) DO NOTHING RETURNING transaction_id",
+                (
+                    transaction_id,
+                    account_id,
+                    route,
+                    region,
+                    amount,
+                    prices.input_price_nano,
+                    prices.output_price_nano,
+                    ttl_seconds,
+                ),
+            )
+            if await cursor.fetchone() is None:
+                raise psycopg.Rollback()
+            return ReserveResult(ReserveOutcome.HELD, amount, available_after)
+        return None  # reached only after psycopg.Rollback
+
+    async def _existing_hold_result(
+        self, conn: Connection, transaction_id: str, account_id: str
+    ) -> ReserveResult | None:
+        hold = await _find_hold(conn, transaction_id)
+        if hold is None:
+            return None
+        if hold.account_id != account_id:
+            raise IdempotencyConflict(
+                "transaction_id was already used by another account", param="transaction_id"
+            )
+        available = (await _balance(conn, account_id)).available_nano
+        log.info("reserve_repeated", hold_nano=hold.amount_nano, status=hold.status)
+        return ReserveResult(ReserveOutcome.HELD, hold.amount_nano, available)
+
+    async def release(self, transaction_id: str, reason: str) -> bool:
+        """Give an open hold back; False when it is already settled, released or unknown."""
+        require(bool(transaction_id), "transaction_id is required", "transaction_id")
+        async with self._pool.connection() as conn, conn.transaction():
+            released = await _close_hold(conn, transaction_id, "released", reason)
+            if released is None:
+                log.info("release_ignored", reason=reason)
+                return False
+            account_id, amount = released
+            await conn.execute(
+                "UPDATE billing.accounts SET held_nano = held_nano - %s WHERE account_id = %s",
+                (amount, account_id),
+            )
+        log.info("hold_released", account_id=account_id, hold_nano=amount, reason=reason)
+        return True
+
+    async def settle(
+        self, transaction_id: str, prompt_tokens: int, completion_tokens: int, billable: bool
+    ) -> SettleResult:
+        """Charge the reported tokens against the hold and release the rest.
+
+        Idempotent per transaction id: a repeat answers the first result. Raises HoldNotFound
+        when no hold exists (nothing was reserved, so nothing may be charged)."""
+        require(bool(transaction_id), "transaction_id is required", "transaction_id")
+        require(prompt_tokens >= 0, "prompt_tokens cannot be negative", "prompt_tokens")
+        require(completion_tokens >= 0, "completion_tokens cannot be negative", "completion_tokens")
+        async with self._pool.connection() as conn, conn.transaction():
+            # Locking the hold serialises concurrent settlements of one transaction.
+            hold = await _find_hold(conn, transaction_id, for_update=True)
+            if hold is None:
+                raise HoldNotFound(f"no hold for transaction {transaction_id}")
+            cursor = await conn.execute(
+                "SELECT charged_nano FROM billing.settlements WHERE transaction_id = %s",
+                (transaction_id,),
+            )
+            previous = await cursor.fetchone()
+            if previous is not None:
+                log.info("settle_repeated", charged_nano=previous[0])
+                return SettleResult(charged_nano=previous[0], already_settled=True)
+
+            if hold.status != "open":
+                # Released (expired or given up) before the usage arrived: the customer was
+                # told nothing is charged. The zero settlement keeps redeliveries idempotent.
+                log.warning("settle_after_release", account_id=hold.account_id)
+                await _record_settlement(
+                    conn, hold, prompt_tokens, completion_tokens, billable, charged=0, journal=None
+                )
+                return SettleResult(charged_nano=0, already_settled=False)
+
+            charge = settlement_charge(
+                prompt_tokens, completion_tokens, billable, hold.prices, hold.amount_nano
+            )
+            if charge.capped:
+                log.error(
+                    "settle_charge_capped_at_hold",
+                    account_id=hold.account_id,
+                    cost_nano=charge.uncapped_nano,
+                    hold_nano=hold.amount_nano,
+                    prompt_tokens=prompt_tokens,
+                    completion_tokens=completion_tokens,
+                )
+            journal_id = await _post_charge(conn, hold, charge.amount_nano)
+            await conn.execute(
+                "UPDATE billing.accounts SET balance_nano = balance_nano - %s,"
+                " held_nano = held_nano - %s WHERE account_id = %s",
+                (charge.amount_nano, hold.amount_nano, hold.account_id),
+            )
+            await _close_hold(conn, transaction_id, "settled", None)
+            await _record_settlement(
+                conn,
+                hold,
+                prompt_tokens,
+                completion_tokens,
+                billable,
+                charged=charge.amount_nano,
+                journal=journal_id,
+            )
+        log.info(
+            "settled",
+            account_id=hold.account_id,
+            charged_nano=charge.amount_nano,
+            hold_nano=hold.amount_nano,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+            billable=billable,
+        )
+        return SettleResult(charged_nano=charge.amount_nano, already_settled=False)
+
+    async def add_credits(
+        self, account_id: str, amount_nano: int, idempotency_key: str, reference: str
+    ) -> BalanceSnapshot:
+        """Record a payment; a repeated idempotency key returns the balance without crediting."""
+        require(bool(account_id), "account_id is required", "account_id")
+        require(amount_nano > 0, "amount_nano must be positive", "amount_nano")
+        require(bool(idempotency_key), "idempotency_key is required", "idempotency_key")
+        async with self._pool.connection() as conn, conn.transaction():
+            await conn.execute(
+                "INSERT INTO billing.accounts (account_id) VALUES (%s)"
+                " ON CONFLICT (account_id) DO NOTHING",
+                (account_id,),
+            )
+            journal_id = await post_entry(
+                conn,
+                kind="payment",
+                reference_key=idempotency_key,
+                memo=reference,
+                postings=[
+                    (PAYMENTS_ACCOUNT, -amount_nano),
+                    (customer_ledger_account(account_id), amount_nano),
+                ],
+            )
+            if journal_id is None:
+                await _check_same_payment(conn, idempotency_key, account_id, amount_nano)
+                log.info("payment_repeated", account_id=account_id)
+                return await _balance(conn, account_id)
+            await conn.execute(
+                "INSERT INTO billing.payments"
+                " (idempotency_key, account_id, amount_nano, reference, journal_id)"
+                " VALUES (%s, %s, %s, %s, %s)",
+                (idempotency_key, account_id, amount_nano, reference, journal_id),
+            )
+            await conn.execute(
+                "UPDATE billing.accounts SET balance_nano = balance_nano + %s"
+                " WHERE account_id = %s",
+                (amount_nano, account_id),
+            )
+            balance = await _balance(conn, account_id)
+        log.info("payment_recorded", account_id=account_id, amount_nano=amount_nano)
+        return balance
+
+    async def get_balance(self, account_id: str) -> BalanceSnapshot:
+        """Balance, held and available; zeros for an account billing has never seen."""
+        require(bool(account_id), "account_id is required", "account_id")
+        async with self._pool.connection() as conn:
+            return await _balance(conn, account_id)
+
+    async def sweep_expired_holds(self) -> int:
+        """Release every open hold past its expiry; returns how many were released."""
+        total = 0
+        while True:
+            released = await self._sweep_batch()
+            total += released
+            if released < SWEEP_BATCH:
+                return total
+
+    async def _sweep_batch(self) -> int:
+        async with self._pool.connection() as conn, conn.transaction():
+            # SKIP LOCKED: a hold being settled right now is left to its settlement, and
+            # several billing replicas can sweep side by side.
+            cursor = await conn.execute(
+                "SELECT transaction_id, account_id, amount_nano FROM billing.holds"
+                " WHERE status = 'open' AND expires_at < now()"
+                " ORDER BY expires_at LIMIT %s FOR UPDATE SKIP LOCKED",
+                (SWEEP_BATCH,),
+            )
+            expired = await cursor.fetchall()
+            if not expired:
+                return 0
+            held_back: dict[str, int] = {}
+            for _, account_id, amount in expired:
+                held_back[account_id] = held_back.get(account_id, 0) + amount
+            await conn.execute(
+                "SELECT 1 FROM billing.accounts WHERE account_id = ANY(%s)"
+                " ORDER BY account_id FOR UPDATE",
+                (sorted(held_back),),
+            )
+            await conn.execute(
+                "UPDATE billing.holds SET status = 'released', closed_at = now(),"
+                " release_reason = 'expired' WHERE transaction_id = ANY(%s)",
+                ([transaction_id for transaction_id, _, _ in expired],),
+            )
+            await conn.execute(
+                "UPDATE billing.accounts AS a SET held_nano = a.held_nano - v.amount"
+                " FROM unnest(%s::text[], %s::bigint[]) AS v(account_id, amount)"
+                " WHERE a.account_id = v.account_id",
+                (list(held_back), list(held_back.values())),
+            )
+        for transaction_id, account_id, amount in expired:
+            log.info(
+                "hold_expired",
+                transaction_id=transaction_id,
+                account_id=account_id,
+                hold_nano=amount,
+            )
+        return len(expired)
+
+    async def check_invariants(self) -> list[str]:
+        """Human-readable violations of the ledger's invariants; [] when all hold."""
+        async with self._pool.connection() as conn:
+            return await find_violations(conn)
+
+
+async def _find_hold(
+    conn: Connection, transaction_id: str, for_update: bool = False
+) -> _Hold | None:
+    query = (
+        "SELECT transaction_id, account_id, amount_nano, input_price_nano, output_price_nano,"
+        " status FROM billing.holds WHERE transaction_id = %s"
+    )
+    cursor = await conn.execute(query + (" FOR UPDATE" if for_update else ""), (transaction_id,))
+    row = await cursor.fetchone()
+    if row is None:
+        return None
+    return _Hold(
+        transaction_id=row[0],
+        account_id=row[1],
+        amount_nano=row[2],
+        prices=Prices(input_price_nano=row[3], output_price_nano=row[4]),
+        status=row[5],
+    )
+
+
+async def _close_hold(
+    conn: Connection, transaction_id: str, status: str, reason: str | None
+) -> tuple[str, int] | None:
+    """Move an open hold to `status`; returns (account_id, amount) or None if not open."""
+    cursor = await conn.execute(
+        "UPDATE billing.holds SET status = %s, closed_at = now(), release_reason = %s"
+        " WHERE transaction_id = %s AND status = 'open' RETURNING account_id, amount_nano",
+        (status, reason, transaction_id),
+    )
+    row = await cursor.fetchone()
+    return None if row is None else (row[0], row[1])
+
+
+async def _post_charge(conn: Connection, hold: _Hold, amount_nano: int) -> int | None:
+    """Move the charge from the customer to revenue; no entry at all for a zero charge."""
+    if amount_nano == 0:
+        return None
+    journal_id = await post_entry(
+        conn,
+        kind="charge",
+        reference_key=hold.transaction_id,
+        memo="",
+        postings=[
+            (customer_ledger_account(hold.account_id), -amount_nano),
+            (REVENUE_ACCOUNT, amount_nano),
+        ],
+    )
+    if journal_id is None:
+        # The hold lock and the settlement check make this unreachable; refuse to double-charge.
+        raise RuntimeError(f"a charge for {hold.transaction_id} is already in the journal")
+    return journal_id
+
+
+async def _record_settlement(
+    conn: Connection,
+    hold: _Hold,
+    prompt_tokens: int,
+    completion_tokens: int,
+    billable: bool,
+    *,
+    charged: int,
+    journal: int | None,
+) -> None:
+    await conn.execute(
+        "INSERT INTO billing.settlements (transaction_id, account_id, prompt_tokens,"
+        " completion_tokens, charged_nano, billable, journal_id)"
+        " VALUES (%s, %s, %s, %s, %s, %s, %s)",
+        (
+            hold.transaction_id,
+            hold.account_id,
+            prompt_tokens,
+            completion_tokens,
+            charged,
+            billable,
+            journal,
+        ),
+    )
+
+
+async def _check_same_payment(
+    conn: Connection, idempotency_key: str, account_id: str, amount_nano: int
+) -> None:
+    cursor = await conn.execute(
+        "SELECT account_id, amount_nano FROM billing.payments WHERE idempotency_key = %s",
+        (idempotency_key,),
+    )
+    row = await cursor.fetchone()
+    if row is None or (row[0], row[1]) != (account_id, amount_nano):
+        raise IdempotencyConflict(
+            "idempotency_key was already used for a different payment", param="idempotency_key"
+        )
+
+
+async def _balance(conn: Connection, account_id: str) -> BalanceSnapshot:
+    cursor = await conn.execute(
+        "SELECT balance_nano, held_nano FROM billing.accounts WHERE account_id = %s",
+        (account_id,),
+    )
+    row = await cursor.fetchone()
+    if row is None:
+        return BalanceSnapshot(account_id=account_id, balance_nano=0, held_nano=0)
+    return BalanceSnapshot(account_id=account_id, balance_nano=row[0], held_nano=row[1])

@@ -1,0 +1,37 @@
+"""What the ledger answers: plain values, independent of protobuf and of the database."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+
+class ReserveOutcome(enum.Enum):
+    HELD = "held"
+    INSUFFICIENT_FUNDS = "insufficient_funds"
+    UNKNOWN_ROUTE = "unknown_route"
+
+
+@dataclass(frozen=True)
+class ReserveResult:
+    outcome: ReserveOutcome
+    held_nano: int
+    # After the hold when HELD; the current available credit when refused.
+    available_nano: int
+
+
+@dataclass(frozen=True)
+class SettleResult:
+    charged_nano: int
+    already_settled: bool
+
+
+@dataclass(frozen=True)
+class BalanceSnapshot:
+    account_id: str
+    balance_nano: int
+    held_nano: int
+
+    @property
+    def available_nano(self) -> int:
+        return self.balance_nano - self.held_nano

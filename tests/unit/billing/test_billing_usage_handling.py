@@ -1,0 +1,97 @@
+"""What the usage consumer does with each delivered record: ack, or nak for a retry."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+import pytest
+
+from regio.inference.v1 import inference_pb2
+from regio_billing.errors import HoldNotFound
+from regio_billing.results import SettleResult
+from regio_billing.usage_consumer import UsageConsumer
+
+
+@dataclass
+class DeliveredMessage:
+    """Stands in for a JetStream message: records how it was acknowledged."""
+
+    data: bytes
+    subject: str = "regio.usage.liv"
+    acks: list[str] = field(default_factory=list)
+    nak_delays: list[float | None] = field(default_factory=list)
+
+    async def ack(self) -> None:
+        self.acks.append("ack")
+
+    async def nak(self, delay: float | None = None) -> None:
+        self.acks.append("nak")
+        self.nak_delays.append(delay)
+
+
+class RecordingSettle:
+    def __init__(self, failure: Exception | None = None) -> None:
+        self.failure = failure
+        self.calls: list[tuple[str, int, int, bool]] = []
+
+    async def __call__(
+        self, transaction_id: str, prompt: int, completion: int, billable: bool
+    ) -> SettleResult:
+        self.calls.append((transaction_id, prompt, completion, billable))
+        if self.failure is not None:
+            raise self.failure
+        return SettleResult(charged_nano=5_350, already_settled=False)
+
+
+def record(transaction_id: str = "txn-1") -> bytes:
+    return inference_pb2.UsageRecord(
+        transaction_id=transaction_id, prompt_tokens=100, completion_tokens=50, billable=True
+    ).SerializeToString()
+
+
+def consumer(settle: RecordingSettle) -> UsageConsumer:
+    js: Any = None  # handle() never touches JetStream
+    return UsageConsumer(js, settle, batch=1, fetch_wait_seconds=1.0, retry_delay_seconds=3.0)
+
+
+async def test_a_settled_record_is_acked() -> None:
+    settle = RecordingSettle()
+    message = DeliveredMessage(record())
+
+    await consumer(settle).handle(message)
+
+    assert settle.calls == [("txn-1", 100, 50, True)]
+    assert message.acks == ["ack"]
+
+
+@pytest.mark.parametrize(
+    "failure",
+    [psycopg.OperationalError("connection refused"), RuntimeError("bug")],
+)
+async def test_a_failed_settlement_is_retried_later(failure: Exception) -> None:
+    message = DeliveredMessage(record())
+
+    await consumer(RecordingSettle(failure)).handle(message)
+
+    assert message.acks == ["nak"]
+    assert message.nak_delays == [3.0]
+
+
+async def test_a_record_without_hold_is_acked_so_it_cannot_loop() -> None:
+    message = DeliveredMessage(record())
+
+    await consumer(RecordingSettle(HoldNotFound("no hold"))).handle(message)
+
+    assert message.acks == ["ack"]
+
+
+async def test_a_malformed_record_is_acked_without_settling() -> None:
+    settle = RecordingSettle()
+    message = DeliveredMessage(b"\xff\xff garbage")
+
+    await consumer(settle).handle(message)
+
+    assert settle.calls == []
+    assert message.acks == ["ack"]
