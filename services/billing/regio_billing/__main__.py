@@ -35,8 +35,6 @@ async def serve(settings: BillingSettings) -> None:
 def main() -> None:
     settings = BillingSettings()
     configure_logging("billing", settings.log_level, settings.log_format)
-    # Every log line of this process, including those of tasks started later, names the service.
-    structlog.contextvars.bind_contextvars(service="billing")
     asyncio.run(serve(settings))
 
 

@@ -18,8 +18,16 @@ def configure_logging(
     renderer: structlog.typing.Processor = (
         structlog.dev.ConsoleRenderer() if fmt == "console" else structlog.processors.JSONRenderer()
     )
+
+    def add_service(
+        logger: object, method: str, event: structlog.typing.EventDict
+    ) -> structlog.typing.EventDict:
+        event.setdefault("service", service)
+        return event
+
     structlog.configure(
         processors=[
+            add_service,
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
@@ -34,5 +42,5 @@ def configure_logging(
     logging.basicConfig(
         level=logging.WARNING, stream=sys.stderr, format="%(name)s %(levelname)s %(message)s"
     )
-    logger: structlog.stdlib.BoundLogger = structlog.get_logger().bind(service=service)
+    logger: structlog.stdlib.BoundLogger = structlog.get_logger()
     return logger
