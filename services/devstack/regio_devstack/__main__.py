@@ -7,6 +7,7 @@ import sys
 import time
 from typing import NoReturn
 
+from regio_common.logging import configure_logging
 from regio_devstack.settings import DevstackSettings
 from regio_devstack.stack import Stack, StackConfig
 
@@ -48,6 +49,7 @@ def _interrupt(signum: int, frame: object) -> NoReturn:
 
 def main() -> int:
     settings = DevstackSettings()
+    configure_logging("devstack", "warning", "console")
     stack = Stack(
         StackConfig(
             data_dir=settings.data_dir,
