@@ -12,8 +12,9 @@ from regio_devstack.stack import Stack
 from tests.e2e.helpers import settled_balance
 
 
+@pytest.mark.parametrize("how", ["sigterm", "sigkill"])
 def test_stopped_worker_gives_503_quickly_and_releases_the_hold(
-    stack: Stack, new_customer: Any
+    stack: Stack, new_customer: Any, how: str
 ) -> None:
     customer = new_customer(credit_eur="1", regions=("nl",))
     worker = stack.start_worker("liv", "nl")
@@ -26,7 +27,12 @@ def test_stopped_worker_gives_503_quickly_and_releases_the_hold(
     assert answer.choices[0].message.content is not None
     before = settled_balance(stack, customer.account_id)
 
-    worker.stop()
+    if how == "sigterm":
+        worker.stop()  # drains: its last heartbeat says so
+    else:
+        assert worker.process is not None
+        worker.process.kill()  # no goodbye: NATS notices the closed connection
+        worker.process.wait()
     started = time.monotonic()
     with pytest.raises(openai.InternalServerError) as caught:
         nl_client.chat.completions.create(
