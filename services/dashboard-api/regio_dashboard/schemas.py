@@ -5,11 +5,11 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from regio.billing.v1 import billing_pb2
-from regio_common.errors import InvalidRequest
 from regio_common.money import nano_to_eur
+from regio_common.validation import parse_body
 from regio_dashboard.store import Account, Activation, ApiKey
 
 
@@ -18,16 +18,7 @@ class RequestBody(BaseModel):
 
     @classmethod
     def parse(cls, payload: object) -> Any:
-        if not isinstance(payload, dict):
-            raise InvalidRequest("The request body must be a JSON object.", param="body")
-        try:
-            return cls.model_validate(payload)
-        except ValidationError as error:
-            first = error.errors()[0]
-            param = ".".join(str(part) for part in first["loc"]) or "body"
-            raise InvalidRequest(
-                f"Invalid value for '{param}': {first['msg']}.", param=param
-            ) from None
+        return parse_body(cls, payload)
 
 
 class CreateAccount(RequestBody):

@@ -5,11 +5,12 @@ from __future__ import annotations
 import time
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from regio.inference.v1 import inference_pb2
 from regio_common.catalogue import Route
 from regio_common.errors import InvalidRequest
+from regio_common.validation import parse_body
 
 # Optional request fields with their names in a route's `supported_parameters`.
 OPTIONAL_PARAMETERS = (
@@ -96,21 +97,7 @@ class ChatCompletionRequest(BaseModel):
     @classmethod
     def parse(cls, payload: object) -> ChatCompletionRequest:
         """Validate a decoded JSON body; any problem becomes a 400 naming the parameter."""
-        if not isinstance(payload, dict):
-            raise InvalidRequest("The request body must be a JSON object.", param="body")
-        try:
-            return cls.model_validate(payload)
-        except ValidationError as error:
-            first = error.errors()[0]
-            param = _param_path(first["loc"])
-            detail = first["msg"]
-            if first["type"] == "missing":
-                message = f"Missing required parameter: '{param}'."
-            elif first["type"] == "literal_error" and param.endswith(".role"):
-                message = f"Invalid value for '{param}': {detail}."
-            else:
-                message = f"Invalid value for '{param}': {detail}."
-            raise InvalidRequest(message, param=param) from None
+        return parse_body(cls, payload)
 
     @property
     def stop_sequences(self) -> list[str]:
@@ -182,18 +169,6 @@ class ChatCompletionRequest(BaseModel):
             free_system_prompt=free_system_prompt,
             deadline_unix_ms=deadline_unix_ms,
         )
-
-
-def _param_path(loc: tuple[int | str, ...]) -> str:
-    path = ""
-    for part in loc:
-        if isinstance(part, int):
-            path += f"[{part}]"
-        elif part in {"str", "list[TextContentPart]", "list[str]"}:
-            continue  # union member names pydantic adds to the location
-        else:
-            path += f".{part}" if path else str(part)
-    return path or "body"
 
 
 FINISH_REASONS: dict[int, str] = {
