@@ -1,0 +1,138 @@
+"""Start-up and shut-down of one worker process: settings and catalogue, model, engine, NATS,
+serving until SIGTERM/SIGINT, then a graceful drain."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from collections.abc import Callable
+
+import structlog
+
+from regio_common.catalogue import Catalogue, Route
+from regio_common.nats_connection import connect_nats
+from regio_worker.engine.base import Engine
+from regio_worker.engine.scripted import ScriptedEngine
+from regio_worker.model_files import resolve_model_path
+from regio_worker.protocol import WorkerIdentity
+from regio_worker.server import WorkerServer
+from regio_worker.settings import WorkerSettings
+
+log = structlog.get_logger()
+
+SCRIPTED_PIECE_DELAY_SECONDS = 0.02
+START_UP_CANCEL_GRACE_SECONDS = 5.0
+
+
+class StartupError(RuntimeError):
+    """The worker cannot start with this configuration."""
+
+
+def load_route(settings: WorkerSettings) -> Route:
+    catalogue = Catalogue.load(settings.catalogue_path)
+    route = catalogue.routes.get(settings.worker_route)
+    if route is None:
+        raise StartupError(
+            f"Route {settings.worker_route!r} is not in the catalogue {settings.catalogue_path} "
+            f"(routes: {sorted(catalogue.routes)})."
+        )
+    return route
+
+
+def build_engine(settings: WorkerSettings, route: Route) -> Engine:
+    """Blocking: may assemble the model file and loads the model."""
+    if settings.worker_engine == "scripted":
+        return ScriptedEngine(delay_seconds=SCRIPTED_PIECE_DELAY_SECONDS)
+    # Imported here: a scripted worker needs no llama.cpp library.
+    from regio_worker.engine.llama_cpp import LlamaCppEngine
+
+    model_path = resolve_model_path(route.source, settings.models_dir)
+    n_ctx = settings.worker_n_ctx or route.context_length
+    log.info("model_loading", path=str(model_path), n_ctx=n_ctx, threads=settings.worker_threads)
+    return LlamaCppEngine(
+        model_path,
+        chat_format=route.source.chat_format,
+        n_ctx=n_ctx,
+        n_threads=settings.worker_threads,
+        n_gpu_layers=settings.worker_n_gpu_layers,
+    )
+
+
+class SignalHandling:
+    """SIGTERM/SIGINT: during start-up, give up at once (nothing was accepted yet, and start-up
+    may wait on NATS forever); once serving, ask for a graceful drain."""
+
+    def __init__(
+        self,
+        exit_process: Callable[[int], object] = os._exit,
+        start_up_cancel_grace_seconds: float = START_UP_CANCEL_GRACE_SECONDS,
+    ) -> None:
+        self.stop_requested = asyncio.Event()
+        self._serving = False
+        self._main_task = asyncio.current_task()
+        self._exit_process = exit_process
+        self._grace_seconds = start_up_cancel_grace_seconds
+        self._loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            self._loop.add_signal_handler(signum, self.on_signal)
+
+    def serving(self) -> None:
+        self._serving = True
+
+    def on_signal(self) -> None:
+        if self._serving:
+            if self.stop_requested.is_set():
+                log.info("already_draining")
+            self.stop_requested.set()
+            return
+        log.info("start_up_cancelled")
+        if self._main_task is not None:
+            self._main_task.cancel()
+        # nats-py swallows CancelledError in places (its connect loop retries forever): if the
+        # cancellation is lost, leave anyway. Never fires when start-up ends in time (the loop
+        # is closed by then).
+        self._loop.call_later(self._grace_seconds, self._exit_now)
+
+    def _exit_now(self) -> None:
+        log.warning("start_up_cancellation_ignored_exiting")
+        sys.stderr.flush()
+        self._exit_process(0)
+
+
+async def run_worker(settings: WorkerSettings) -> None:
+    """Serve until SIGTERM or SIGINT, then drain and return. A signal during start-up raises
+    asyncio.CancelledError instead."""
+    signals = SignalHandling()
+    identity = WorkerIdentity(
+        settings.resolved_worker_id, settings.worker_country, settings.worker_route
+    )
+    route = load_route(settings)
+    engine = await asyncio.to_thread(build_engine, settings, route)
+    try:
+        nc = await connect_nats(settings.nats_url, name=f"regio-worker-{identity.worker_id}")
+        server = WorkerServer(
+            nc,
+            engine,
+            identity,
+            queue_limit=settings.worker_queue_limit,
+            heartbeat_interval_ms=settings.heartbeat_interval_ms,
+        )
+        await server.start()
+        signals.serving()
+        log.info(
+            "worker_ready",
+            route=identity.route,
+            country=identity.country,
+            worker_id=identity.worker_id,
+            engine=settings.worker_engine,
+            slots=engine.slots_total,
+        )
+        await signals.stop_requested.wait()
+        log.info("worker_draining")
+        await server.drain()
+        await nc.drain()
+    finally:
+        await engine.close()
+    log.info("worker_stopped")

@@ -1,0 +1,1 @@
+"""Inference engines: the model side of the worker, independent of NATS."""

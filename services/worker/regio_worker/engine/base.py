@@ -1,0 +1,82 @@
+"""The engine interface the server drives, and the values crossing it."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import AsyncGenerator
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+
+class FinishReason(StrEnum):
+    STOP = "stop"  # end-of-generation token or a stop string
+    LENGTH = "length"  # max_tokens (or the context) reached
+    CANCELLED = "cancelled"  # aborted by a cancel request
+    ERROR = "error"
+
+
+@dataclass(frozen=True)
+class ChatMessage:
+    role: str
+    content: str
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    transaction_id: str
+    messages: tuple[ChatMessage, ...]
+    free_system_prompt: str = ""
+    max_tokens: int | None = None  # None: as many as fit in the context
+    temperature: float | None = None
+    top_p: float | None = None
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+
+
+@dataclass(frozen=True)
+class Usage:
+    prompt_tokens: int = 0  # billable: the free system prompt is excluded
+    completion_tokens: int = 0  # every sampled token
+    free_prompt_tokens: int = 0
+    cached_tokens: int = 0  # billable prompt tokens reused from the KV cache
+
+
+@dataclass(frozen=True)
+class TextDelta:
+    text: str
+
+
+@dataclass(frozen=True)
+class GenerationFinished:
+    """Always the last event of a generation."""
+
+    finish_reason: FinishReason
+    usage: Usage = field(default_factory=Usage)
+    error_message: str = ""
+
+
+GenerationEvent = TextDelta | GenerationFinished
+
+
+class Engine(ABC):
+    """Generates text for requests. Implementations end every generation with exactly one
+    GenerationFinished event, also on failure, after zero or more TextDelta events."""
+
+    @property
+    @abstractmethod
+    def slots_total(self) -> int:
+        """Generations that can run at the same time."""
+
+    @abstractmethod
+    def generate(self, request: GenerationRequest) -> AsyncGenerator[GenerationEvent, None]:
+        """Stream the events of one generation (an async generator: aclose() stops it)."""
+
+    @abstractmethod
+    def abort(self, transaction_id: str) -> None:
+        """Stop the generation of `transaction_id` soon (it then finishes as cancelled)."""
+
+    @abstractmethod
+    async def close(self) -> None:
+        """Release the model; no generation may run any more."""

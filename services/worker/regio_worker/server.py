@@ -1,0 +1,237 @@
+"""The worker's NATS side: take requests from the (country, route) queue group, answer each with
+ACCEPTED or REJECTED, stream DELTA chunks and one FINAL chunk, honour cancel requests, publish
+usage records and heartbeats, and drain gracefully."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Coroutine
+
+import structlog
+from google.protobuf.message import DecodeError
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+
+from regio.inference.v1 import inference_pb2
+from regio_common.subjects import cancel_subject, infer_subject, worker_queue_group
+from regio_common.usage_stream import ensure_usage_stream
+from regio_worker.engine.base import (
+    Engine,
+    FinishReason,
+    GenerationFinished,
+    TextDelta,
+    Usage,
+)
+from regio_worker.heartbeat import HeartbeatPublisher, LoadReport
+from regio_worker.job_queue import Job, JobQueue
+from regio_worker.protocol import (
+    WorkerIdentity,
+    accepted_chunk,
+    delta_chunk,
+    final_chunk,
+    generation_request,
+    rejected_chunk,
+    usage_record,
+)
+from regio_worker.usage_publisher import UsagePublisher
+
+log = structlog.get_logger()
+
+USAGE_FLUSH_TIMEOUT_SECONDS = 30.0
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class WorkerServer:
+    def __init__(
+        self,
+        nc: Client,
+        engine: Engine,
+        identity: WorkerIdentity,
+        *,
+        queue_limit: int,
+        heartbeat_interval_ms: int,
+    ) -> None:
+        self._nc = nc
+        self._engine = engine
+        self.identity = identity
+        self._jobs = JobQueue(engine.slots_total, queue_limit)
+        self._usage = UsagePublisher(nc.jetstream())
+        self._heartbeat = HeartbeatPublisher(nc, identity, heartbeat_interval_ms, self.load)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._draining = False
+        self._request_subscription: Subscription | None = None
+        self._cancel_subscription: Subscription | None = None
+
+    def load(self) -> LoadReport:
+        return LoadReport(
+            slots_total=self._jobs.slots_total,
+            slots_busy=self._jobs.busy,
+            queued=self._jobs.queued,
+            draining=self._draining,
+        )
+
+    async def start(self) -> None:
+        await ensure_usage_stream(self._nc.jetstream())
+        # Cancels first: a request accepted a moment later can always be cancelled.
+        self._cancel_subscription = await self._nc.subscribe(
+            cancel_subject(self.identity.worker_id), cb=self._on_cancel
+        )
+        country, route = self.identity.country, self.identity.route
+        self._request_subscription = await self._nc.subscribe(
+            infer_subject(country, route),
+            queue=worker_queue_group(country, route),
+            cb=self._on_request,
+        )
+        await self._wait_until_subscriptions_registered()
+        self._heartbeat.start()  # the first beat goes out at once
+
+    async def _wait_until_subscriptions_registered(self) -> None:
+        """When start() returns, requests reach this worker (no "no responders").
+
+        nats-py writes a flush's PING straight to the socket, ahead of SUB commands still
+        queued for its flusher task, so one flush can return before the server has the
+        subscriptions. The flusher runs during the first round trip; the second PING follows
+        the SUBs on the wire, and the server answers in order."""
+        await self._nc.flush()
+        await self._nc.flush()
+
+    async def drain(self) -> None:
+        """Stop taking requests, finish the accepted ones, flush usage records."""
+        self._draining = True
+        await self._heartbeat.publish()  # gateways stop routing here before we unsubscribe
+        if self._request_subscription is not None:
+            # Requests already delivered are still answered (REJECTED: the gateway retries
+            # elsewhere at once instead of waiting for a timeout).
+            with contextlib.suppress(Exception):
+                await self._request_subscription.drain()  # type: ignore[no-untyped-call]
+        while self._tasks:
+            await asyncio.wait(set(self._tasks))
+        await self._heartbeat.stop()
+        await self._usage.wait_for_pending(USAGE_FLUSH_TIMEOUT_SECONDS)
+        if self._cancel_subscription is not None:
+            with contextlib.suppress(Exception):
+                await self._cancel_subscription.unsubscribe()
+
+    # --- requests -------------------------------------------------------------------------
+
+    async def _on_request(self, msg: Msg) -> None:
+        """Answers at once; the generation itself runs in its own task."""
+        if not msg.reply:
+            log.warning("request_without_reply_subject", subject=msg.subject)
+            return
+        try:
+            request = inference_pb2.InferenceRequest.FromString(msg.data)
+        except DecodeError:
+            log.warning("request_malformed", size=len(msg.data))
+            await self._reply(msg.reply, rejected_chunk("", self.identity, "malformed request"))
+            return
+        with structlog.contextvars.bound_contextvars(transaction_id=request.transaction_id):
+            reason = self._rejection_reason(request)
+            if reason is not None:
+                log.info("request_rejected", reason=reason)
+                chunk = rejected_chunk(request.transaction_id, self.identity, reason)
+                await self._reply(msg.reply, chunk)
+                return
+            job = Job(request, generation_request(request), msg.reply)
+            self._jobs.admit(job)
+            await self._reply(msg.reply, accepted_chunk(request.transaction_id, self.identity))
+            job.accepted.set()
+            self._start_ready_jobs()
+            log.info("request_accepted", queued=self._jobs.queued, busy=self._jobs.busy)
+
+    def _rejection_reason(self, request: inference_pb2.InferenceRequest) -> str | None:
+        if self._draining:
+            return "worker is shutting down"
+        if request.deadline_unix_ms and _now_ms() >= request.deadline_unix_ms:
+            return "deadline passed before the worker received the request"
+        if not self._jobs.has_room():
+            return "worker queue is full"
+        return None
+
+    def _start_ready_jobs(self) -> None:
+        while (job := self._jobs.start_next()) is not None:
+            self._spawn(self._run_job(job))
+
+    def _spawn(self, work: Coroutine[object, object, None]) -> None:
+        task = asyncio.create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _run_job(self, job: Job) -> None:
+        with structlog.contextvars.bound_contextvars(transaction_id=job.transaction_id):
+            try:
+                log.info("generation_started")
+                finished = await self._stream_generation(job)
+                await self._finish(job, finished)
+            finally:
+                self._jobs.finish(job.transaction_id)
+                self._start_ready_jobs()
+
+    async def _stream_generation(self, job: Job) -> GenerationFinished:
+        deltas_sent = 0
+        try:
+            async with contextlib.aclosing(self._engine.generate(job.generation)) as events:
+                async for event in events:
+                    if isinstance(event, GenerationFinished):
+                        return event
+                    assert isinstance(event, TextDelta)
+                    chunk = delta_chunk(job.transaction_id, job.next_sequence(), event.text)
+                    if not await self._reply(job.reply_subject, chunk):
+                        self._engine.abort(job.transaction_id)  # nobody can read it any more
+                    deltas_sent += 1
+            message = "the engine ended without a result"
+        except Exception:
+            log.exception("engine_failed")
+            message = "the model worker failed while generating"
+        # Each delta holds at least one token: a lower bound, so the partial answer is billed.
+        return GenerationFinished(FinishReason.ERROR, Usage(completion_tokens=deltas_sent), message)
+
+    async def _finish(self, job: Job, finished: GenerationFinished) -> None:
+        """The FINAL chunk, then the usage record: every accepted request gets both."""
+        await job.accepted.wait()
+        chunk = final_chunk(job.transaction_id, job.next_sequence(), finished)
+        await self._reply(job.reply_subject, chunk)
+        self._usage.submit(usage_record(job.request, self.identity, finished, _now_ms()))
+        usage = finished.usage
+        log.info(
+            "request_finished",
+            finish_reason=finished.finish_reason.value,
+            prompt_tokens=usage.prompt_tokens,
+            completion_tokens=usage.completion_tokens,
+            free_prompt_tokens=usage.free_prompt_tokens,
+            cached_tokens=usage.cached_tokens,
+            error=finished.error_message or None,
+        )
+
+    async def _reply(self, subject: str, chunk: inference_pb2.InferenceChunk) -> bool:
+        try:
+            await self._nc.publish(subject, chunk.SerializeToString())
+        except Exception as error:  # connection closed: the stream is lost, the record is not
+            log.warning("reply_publish_failed", kind=chunk.kind, error=repr(error))
+            return False
+        return True
+
+    # --- cancellation ---------------------------------------------------------------------
+
+    async def _on_cancel(self, msg: Msg) -> None:
+        try:
+            transaction_id = inference_pb2.CancelRequest.FromString(msg.data).transaction_id
+        except DecodeError:
+            log.warning("cancel_malformed")
+            return
+        with structlog.contextvars.bound_contextvars(transaction_id=transaction_id):
+            waiting = self._jobs.withdraw_waiting(transaction_id)
+            if waiting is not None:
+                log.info("cancelled_while_queued")
+                self._spawn(self._finish(waiting, GenerationFinished(FinishReason.CANCELLED)))
+            elif self._jobs.is_running(transaction_id):
+                log.info("cancel_requested")
+                self._engine.abort(transaction_id)
+            else:
+                log.info("cancel_for_unknown_request")

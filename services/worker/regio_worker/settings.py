@@ -1,0 +1,82 @@
+"""Worker configuration (env prefix REGIO_, e.g. REGIO_WORKER_ROUTE=liv)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from regio_common.ids import new_worker_id
+from regio_common.settings import (
+    PROJECT_ROOT,
+    CatalogueSettings,
+    LoggingSettings,
+    NatsSettings,
+)
+
+EngineName = Literal["llama_cpp", "scripted"]
+
+
+def _cpu_count() -> int:
+    return os.cpu_count() or 1
+
+
+class WorkerSettings(LoggingSettings, NatsSettings, CatalogueSettings):
+    worker_route: str = Field("liv", description="Catalogue route this worker serves.")
+    worker_country: str = Field("de", description="Country this worker runs in (data residency).")
+    worker_id: str | None = Field(
+        None,
+        description="Unique worker id, used in cancel subjects and heartbeats "
+        "(default: `<country>-<route>-<random hex>`, new at every start).",
+    )
+    models_dir: Path = Field(
+        PROJECT_ROOT / ".regio" / "models",
+        description="Folder for GGUF files: packaged models are assembled here on first start, "
+        "and a relative `gguf_path` of the catalogue is read from here.",
+    )
+    worker_threads: int = Field(
+        default_factory=_cpu_count,
+        gt=0,
+        description="CPU threads llama.cpp uses for generation (default: the machine's cores).",
+    )
+    worker_n_ctx: int | None = Field(
+        None,
+        gt=0,
+        description="Context window in tokens, prompt plus completion (default: the route's "
+        "context_length); llama.cpp rounds it up to a multiple of 256.",
+    )
+    worker_n_gpu_layers: int = Field(
+        0,
+        description="Model layers offloaded to the GPU; -1 offloads all of them. Needs a CUDA "
+        'build of llama-cpp-python (installed with CMAKE_ARGS="-DGGML_CUDA=on"); the CPU build '
+        "ignores it.",
+    )
+    worker_queue_limit: int = Field(
+        16,
+        ge=0,
+        description="Requests that may wait for a free slot; beyond that new ones are rejected "
+        "so that the gateway tries another worker.",
+    )
+    heartbeat_interval_ms: int = Field(
+        1000, gt=0, description="Milliseconds between two heartbeats of this worker."
+    )
+    worker_engine: EngineName = Field(
+        "llama_cpp",
+        description="`llama_cpp` runs the route's model; `scripted` answers with fixed text "
+        "(tests of the serving path only).",
+    )
+
+    @model_validator(mode="after")
+    def _default_worker_id(self) -> WorkerSettings:
+        if not self.worker_id:
+            self.worker_id = new_worker_id(self.worker_country, self.worker_route)
+        return self
+
+    @property
+    def resolved_worker_id(self) -> str:
+        """The worker id (always set after validation; typed as plain `str`)."""
+        if self.worker_id is None:  # unreachable after validation
+            raise RuntimeError("worker_id was not resolved")
+        return self.worker_id

@@ -1,0 +1,116 @@
+"""Fixtures of the worker's integration tests: NATS clients, in-process workers on a test's own
+route (so that tests sharing the session's nats-server never see each other's workers), the
+usage records in JetStream, and the real Gemma model file."""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+from collections.abc import AsyncIterator, Collection
+from pathlib import Path
+
+import nats
+import nats.errors
+import pytest
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+
+from regio.inference.v1 import inference_pb2
+from regio_common.catalogue import Catalogue, Route
+from regio_common.ids import new_worker_id
+from regio_common.settings import DEFAULT_CATALOGUE
+from regio_common.subjects import usage_subject
+from regio_devstack.servers import NatsServer
+from regio_worker.engine.base import Engine
+from regio_worker.model_files import resolve_model_path
+from regio_worker.protocol import WorkerIdentity
+from regio_worker.server import WorkerServer
+from regio_worker.usage_publisher import MSG_ID_HEADER
+
+from .support import SHARED_MODELS_DIR, ReadUsageRecords, StartWorker
+
+
+@pytest.fixture
+def route_name() -> str:
+    return f"t{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+async def nc(nats_server: NatsServer) -> AsyncIterator[Client]:
+    client = await nats.connect(nats_server.url)
+    yield client
+    # close, not drain: nats-py's drain waits for next_msg() subscriptions until its timeout.
+    await client.close()
+
+
+@pytest.fixture
+async def start_worker(nats_server: NatsServer) -> AsyncIterator[StartWorker]:
+    """start_worker(engine, route=..., country="de", queue_limit=16, heartbeat_interval_ms=200)
+    serves `engine` in this process on its own NATS connection; drained after the test."""
+    started: list[tuple[WorkerServer, Client]] = []
+
+    async def start(
+        engine: Engine,
+        *,
+        route: str,
+        country: str = "de",
+        queue_limit: int = 16,
+        heartbeat_interval_ms: int = 200,
+    ) -> WorkerServer:
+        connection = await nats.connect(nats_server.url)
+        identity = WorkerIdentity(new_worker_id(country, route), country, route)
+        server = WorkerServer(
+            connection,
+            engine,
+            identity,
+            queue_limit=queue_limit,
+            heartbeat_interval_ms=heartbeat_interval_ms,
+        )
+        await server.start()
+        started.append((server, connection))
+        return server
+
+    yield start
+    for server, connection in started:
+        await server.drain()
+        with contextlib.suppress(Exception):  # a test may have closed it already
+            await connection.drain()
+
+
+@pytest.fixture
+async def read_usage_records(nc: Client) -> ReadUsageRecords:
+    """read_usage_records(route, transaction_ids): the route's usage records in JetStream by
+    their Nats-Msg-Id header; waits for those of `transaction_ids`, then briefly for more."""
+    js = nc.jetstream()
+
+    async def read(
+        route: str, transaction_ids: Collection[str]
+    ) -> dict[str, inference_pb2.UsageRecord]:
+        subscription = await js.subscribe(usage_subject(route), ordered_consumer=True)
+        records: dict[str, inference_pb2.UsageRecord] = {}
+        try:
+            while not set(transaction_ids) <= set(records):
+                _add_record(records, await subscription.next_msg(timeout=10))
+            with contextlib.suppress(nats.errors.TimeoutError):
+                while True:
+                    _add_record(records, await subscription.next_msg(timeout=0.3))
+        finally:
+            await subscription.unsubscribe()
+        return records
+
+    return read
+
+
+def _add_record(records: dict[str, inference_pb2.UsageRecord], msg: Msg) -> None:
+    message_id = (msg.headers or {}).get(MSG_ID_HEADER, "<no Nats-Msg-Id>")
+    records[message_id] = inference_pb2.UsageRecord.FromString(msg.data)
+
+
+@pytest.fixture(scope="session")
+def gemma_route() -> Route:
+    return Catalogue.load(DEFAULT_CATALOGUE).routes["liv"]
+
+
+@pytest.fixture(scope="session")
+def gemma_model_path(gemma_route: Route) -> Path:
+    return resolve_model_path(gemma_route.source, SHARED_MODELS_DIR)

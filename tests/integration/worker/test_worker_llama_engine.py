@@ -1,0 +1,196 @@
+"""LlamaCppEngine on the real Gemma 3 270M GGUF: exact usage, free system prompt, max_tokens,
+stop strings, abort, context limits. The model is loaded once for the module (about a second);
+generations are short and greedy (temperature 0) so that runs can be compared."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import llama_cpp
+import pytest
+from llama_cpp import Llama, llama_chat_format
+
+from regio_common.catalogue import Route
+from regio_worker.engine.base import (
+    ChatMessage,
+    FinishReason,
+    GenerationEvent,
+    GenerationFinished,
+    GenerationRequest,
+    TextDelta,
+)
+from regio_worker.engine.llama_cpp import LlamaCppEngine, token_piece
+
+STORY = "Write a long story about a dragon."
+
+
+@pytest.fixture(scope="module")
+async def engine(gemma_model_path: Path, gemma_route: Route) -> AsyncIterator[LlamaCppEngine]:
+    loaded = LlamaCppEngine(
+        gemma_model_path,
+        chat_format=gemma_route.source.chat_format,
+        n_ctx=gemma_route.context_length,
+        n_threads=2,
+    )
+    yield loaded
+    await loaded.close()
+
+
+@pytest.fixture(scope="module")
+def vocabulary(gemma_model_path: Path) -> Iterator[Llama]:
+    """An independent tokenizer (vocabulary only, no weights) to check the engine's counts."""
+    tokenizer = Llama(model_path=str(gemma_model_path), vocab_only=True, verbose=False)
+    yield tokenizer
+    tokenizer.close()
+
+
+def gemma_prompt_tokens(vocabulary: Llama, *user_turns: str) -> int:
+    """Tokens of llama-cpp-python's own "gemma" formatting, as create_chat_completion counts."""
+    messages = [{"role": "user", "content": turn} for turn in user_turns]
+    prompt = llama_chat_format.format_gemma(messages=messages).prompt  # type: ignore[arg-type]
+    return len(vocabulary.tokenize(prompt.encode(), add_bos=True, special=True))
+
+
+def greedy(prompt: str, **fields: object) -> GenerationRequest:
+    return GenerationRequest(
+        transaction_id=f"txn-{uuid.uuid4().hex}",
+        messages=(ChatMessage("user", prompt),),
+        **{"temperature": 0.0, **fields},  # type: ignore[arg-type]
+    )
+
+
+async def run(engine: LlamaCppEngine, request: GenerationRequest) -> tuple[str, GenerationFinished]:
+    events: list[GenerationEvent] = [event async for event in engine.generate(request)]
+    *deltas, final = events
+    assert isinstance(final, GenerationFinished)
+    assert all(isinstance(delta, TextDelta) for delta in deltas)
+    return "".join(delta.text for delta in deltas if isinstance(delta, TextDelta)), final
+
+
+async def test_prompt_tokens_equal_the_tokens_of_the_formatted_prompt(
+    engine: LlamaCppEngine, vocabulary: Llama
+) -> None:
+    question = "What is the capital of France?"
+    _, final = await run(engine, greedy(question, max_tokens=1))
+    assert final.usage.prompt_tokens == gemma_prompt_tokens(vocabulary, question)
+    assert final.usage.free_prompt_tokens == 0
+    assert final.usage.completion_tokens == 1
+
+
+async def test_free_system_prompt_is_kept_but_reported_apart_from_billable_tokens(
+    engine: LlamaCppEngine, vocabulary: Llama
+) -> None:
+    question = "What is the capital of France?"
+    free = "You are a geography teacher. Answer in one short sentence."
+    _, final = await run(engine, greedy(question, max_tokens=1, free_system_prompt=free))
+    billable = gemma_prompt_tokens(vocabulary, question)
+    # Gemma has no system role: the text goes first in the user turn, as Gemma's template does.
+    everything = gemma_prompt_tokens(vocabulary, f"{free}\n\n{question}")
+    assert final.usage.prompt_tokens == billable
+    assert final.usage.free_prompt_tokens == everything - billable > 10
+
+
+async def test_max_tokens_gives_exactly_that_many_tokens_and_length(engine: LlamaCppEngine) -> None:
+    text, final = await run(engine, greedy(STORY, max_tokens=5))
+    assert final.finish_reason is FinishReason.LENGTH
+    assert final.usage.completion_tokens == 5
+    assert text
+
+
+async def test_a_stop_string_ends_the_answer_and_never_appears_in_it(
+    engine: LlamaCppEngine,
+) -> None:
+    unstopped, _ = await run(engine, greedy(STORY, max_tokens=24))
+    middle = len(unstopped) // 2
+    stop = unstopped[middle : middle + 4]
+    text, final = await run(engine, greedy(STORY, max_tokens=24, stop=(stop,)))
+    assert final.finish_reason is FinishReason.STOP
+    assert stop not in text
+    assert text == unstopped[: unstopped.find(stop)]
+
+
+async def test_abort_mid_generation_ends_cancelled_with_exact_counts(
+    engine: LlamaCppEngine,
+) -> None:
+    request = greedy(STORY, max_tokens=300)
+    deltas: list[str] = []
+    final: GenerationFinished | None = None
+    async for event in engine.generate(request):
+        if isinstance(event, TextDelta):
+            deltas.append(event.text)
+            if len(deltas) == 3:
+                engine.abort(request.transaction_id)
+        else:
+            final = event
+    assert final is not None
+    assert final.finish_reason is FinishReason.CANCELLED
+    produced = final.usage.completion_tokens
+    assert 3 <= produced < 20  # stopped within a token or a few (events already in flight)
+    # Exact: the same greedy request limited to that many tokens yields the same text.
+    text, limited = await run(engine, greedy(STORY, max_tokens=produced))
+    assert limited.usage.completion_tokens == produced
+    assert text == "".join(deltas)
+
+
+async def test_same_seed_gives_the_same_sampled_answer(engine: LlamaCppEngine) -> None:
+    def seeded(seed: int) -> GenerationRequest:
+        return greedy(STORY, max_tokens=8, temperature=1.0, seed=seed)
+
+    first, _ = await run(engine, seeded(1234))
+    again, _ = await run(engine, seeded(1234))
+    others = {(await run(engine, seeded(seed)))[0] for seed in (1, 2, 3)}
+    assert first == again
+    assert len(others | {first}) > 1  # the seed does steer sampling
+
+
+async def test_identical_prompt_reuses_the_kv_cache_and_reports_cached_tokens(
+    engine: LlamaCppEngine,
+) -> None:
+    question = "Name three colours."
+    await run(engine, greedy(question, max_tokens=1))
+    _, final = await run(engine, greedy(question, max_tokens=1))
+    # All but the last prompt token, which is evaluated again for fresh logits.
+    assert final.usage.cached_tokens == final.usage.prompt_tokens - 1
+
+
+async def test_prompt_longer_than_the_context_is_an_error_with_a_clear_message(
+    engine: LlamaCppEngine,
+) -> None:
+    text, final = await run(engine, greedy("hello " * 9000, max_tokens=10))
+    assert text == ""
+    assert final.finish_reason is FinishReason.ERROR
+    assert "context" in final.error_message and "8192" in final.error_message
+    assert final.usage.prompt_tokens > 8192
+    assert final.usage.completion_tokens == 0
+
+
+async def test_max_tokens_is_clamped_to_what_fits_in_the_context(
+    gemma_model_path: Path,
+) -> None:
+    # llama.cpp rounds the context up to a multiple of 256: ask for the smallest one.
+    small = LlamaCppEngine(gemma_model_path, chat_format="gemma", n_ctx=256, n_threads=2)
+    try:
+
+        def prompt_length(words: int) -> int:
+            messages = [ChatMessage("user", "apple " * words)]
+            return len(small.prompts.build(messages).tokens)
+
+        per_word = prompt_length(11) - prompt_length(10)
+        words = 10 + (small.n_ctx - 12 - prompt_length(10)) // per_word  # about 12 tokens left
+        _, final = await run(small, greedy("apple " * words, max_tokens=500))
+    finally:
+        await small.close()
+    assert final.finish_reason is FinishReason.LENGTH
+    assert 0 < final.usage.completion_tokens < 40
+    assert final.usage.prompt_tokens + final.usage.completion_tokens == small.n_ctx == 256
+
+
+def test_long_token_pieces_are_not_lost(gemma_model_path: Path, vocabulary: Llama) -> None:
+    """Llama.detokenize returns b"" for pieces over 32 bytes (llama-cpp-python 0.3.36)."""
+    word = " পাকিস্তানের"  # one Gemma token of 34 bytes
+    tokens = vocabulary.tokenize(word.encode(), add_bos=False, special=False)
+    assert len(tokens) == 1 and len(word.encode()) > 32
+    vocab = llama_cpp.llama_model_get_vocab(vocabulary.model)
+    assert token_piece(vocab, tokens[0]).decode() == word

@@ -1,0 +1,261 @@
+"""The serving path over a real nats-server, with the scripted engine: protocol order, usage
+records in JetStream, cancellation, admission, queue groups, heartbeats and draining."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import nats.errors
+import pytest
+from nats.aio.client import Client
+
+from regio.inference.v1 import inference_pb2
+from regio_common.subjects import heartbeat_subject, infer_subject
+from regio_worker.engine.scripted import ScriptedEngine
+from regio_worker.probe import InferenceCall, chat_request
+
+from .support import ReadUsageRecords, StartWorker
+
+ACCEPTED = inference_pb2.CHUNK_KIND_ACCEPTED
+DELTA = inference_pb2.CHUNK_KIND_DELTA
+FINAL = inference_pb2.CHUNK_KIND_FINAL
+REJECTED = inference_pb2.CHUNK_KIND_REJECTED
+
+
+async def test_accepted_then_ordered_deltas_then_one_final_with_usage(
+    nc: Client, start_worker: StartWorker, route_name: str
+) -> None:
+    engine = ScriptedEngine(["Hel", "lo", " there"])
+    server = await start_worker(engine, route=route_name)
+    request = chat_request("say hi", route=route_name, free_system_prompt="be nice", max_tokens=9)
+    call = await InferenceCall.open(nc, "de", route_name, request)
+    chunks = await call.until_end()
+
+    accepted, *deltas, final = chunks
+    assert accepted.kind == ACCEPTED and accepted.sequence == 0
+    assert accepted.transaction_id == request.transaction_id
+    assert (accepted.worker_id, accepted.country) == (server.identity.worker_id, "de")
+    assert [(c.kind, c.sequence, c.text_delta) for c in deltas] == [
+        (DELTA, 1, "Hel"),
+        (DELTA, 2, "lo"),
+        (DELTA, 3, " there"),
+    ]
+    assert final.kind == FINAL and final.sequence == 4
+    assert final.finish_reason == inference_pb2.FINISH_REASON_STOP
+    assert (final.usage.prompt_tokens, final.usage.completion_tokens) == (2, 3)
+    assert final.usage.free_prompt_tokens == 2
+    with pytest.raises(nats.errors.TimeoutError):  # nothing after FINAL
+        await call.next_chunk(wait_seconds=0.3)
+    sent = engine.requests[0]
+    assert (sent.free_system_prompt, sent.max_tokens) == ("be nice", 9)
+
+
+async def test_usage_record_reaches_jetstream_with_the_transaction_as_message_id(
+    nc: Client, start_worker: StartWorker, route_name: str, read_usage_records: ReadUsageRecords
+) -> None:
+    server = await start_worker(ScriptedEngine(["a", "b"]), route=route_name)
+    request = chat_request("one two three", route=route_name, free_system_prompt="free")
+    before_ms = int(time.time() * 1000)
+    await (await InferenceCall.open(nc, "de", route_name, request)).until_end()
+
+    records = await read_usage_records(route_name, [request.transaction_id])
+    assert list(records) == [request.transaction_id]  # the Nats-Msg-Id header, once
+    record = records[request.transaction_id]
+    assert record.transaction_id == request.transaction_id
+    assert (record.account_id, record.route, record.region) == ("probe", route_name, "probe")
+    assert (record.country, record.worker_id) == ("de", server.identity.worker_id)
+    assert (record.prompt_tokens, record.completion_tokens, record.free_prompt_tokens) == (3, 2, 1)
+    assert record.finish_reason == inference_pb2.FINISH_REASON_STOP
+    assert record.billable
+    assert before_ms <= record.finished_unix_ms <= int(time.time() * 1000)
+
+
+async def test_cancel_mid_stream_stops_the_generation_and_still_sends_final(
+    nc: Client, start_worker: StartWorker, route_name: str, read_usage_records: ReadUsageRecords
+) -> None:
+    server = await start_worker(ScriptedEngine(["x"] * 200, delay_seconds=0.02), route=route_name)
+    request = chat_request("go", route=route_name)
+    call = await InferenceCall.open(nc, "de", route_name, request)
+    assert (await call.next_chunk()).kind == ACCEPTED
+    for _ in range(3):
+        assert (await call.next_chunk()).kind == DELTA
+    await call.cancel(server.identity.worker_id)
+    rest = await call.until_end(wait_seconds=2)
+
+    final = rest[-1]
+    deltas_received = 3 + len(rest) - 1
+    assert final.kind == FINAL
+    assert final.finish_reason == inference_pb2.FINISH_REASON_CANCELLED
+    assert final.usage.completion_tokens == deltas_received < 20
+    record = (await read_usage_records(route_name, [request.transaction_id]))[
+        request.transaction_id
+    ]
+    assert record.finish_reason == inference_pb2.FINISH_REASON_CANCELLED
+    assert record.completion_tokens == deltas_received
+    assert record.billable  # tokens were produced before the cancel
+
+
+async def test_cancel_of_a_queued_request_drops_it_with_zero_usage(
+    nc: Client, start_worker: StartWorker, route_name: str, read_usage_records: ReadUsageRecords
+) -> None:
+    engine = ScriptedEngine(["x"] * 100, delay_seconds=0.02)
+    server = await start_worker(engine, route=route_name)
+    running = await InferenceCall.open(nc, "de", route_name, chat_request("a", route=route_name))
+    assert (await running.next_chunk()).kind == ACCEPTED
+    queued_request = chat_request("b", route=route_name)
+    queued = await InferenceCall.open(nc, "de", route_name, queued_request)
+    assert (await queued.next_chunk()).kind == ACCEPTED
+
+    await queued.cancel(server.identity.worker_id)
+    final = await queued.next_chunk(wait_seconds=1)  # long before the running one ends
+    assert (final.kind, final.sequence) == (FINAL, 1)
+    assert final.finish_reason == inference_pb2.FINISH_REASON_CANCELLED
+    assert final.usage.prompt_tokens == final.usage.completion_tokens == 0
+    assert [r.transaction_id for r in engine.requests] == [running.transaction_id]
+
+    await running.cancel(server.identity.worker_id)
+    await running.until_end()
+    records = await read_usage_records(
+        route_name, [running.transaction_id, queued_request.transaction_id]
+    )
+    assert not records[queued_request.transaction_id].billable
+    assert records[queued_request.transaction_id].completion_tokens == 0
+
+
+async def test_full_queue_rejects_and_records_no_usage(
+    nc: Client, start_worker: StartWorker, route_name: str, read_usage_records: ReadUsageRecords
+) -> None:
+    server = await start_worker(
+        ScriptedEngine(["x"] * 5, delay_seconds=0.05), route=route_name, queue_limit=1
+    )
+    calls = []
+    for prompt in ("running", "queued"):
+        call = await InferenceCall.open(
+            nc, "de", route_name, chat_request(prompt, route=route_name)
+        )
+        assert (await call.next_chunk()).kind == ACCEPTED
+        calls.append(call)
+    busy_request = chat_request("one too many", route=route_name)
+    rejected = await (await InferenceCall.open(nc, "de", route_name, busy_request)).until_end()
+
+    assert len(rejected) == 1
+    assert (rejected[0].kind, rejected[0].sequence) == (REJECTED, 0)
+    assert rejected[0].worker_id == server.identity.worker_id
+    assert "queue is full" in rejected[0].error_message
+    for call in calls:
+        assert (await call.until_end())[-1].finish_reason == inference_pb2.FINISH_REASON_STOP
+    records = await read_usage_records(route_name, [call.transaction_id for call in calls])
+    assert busy_request.transaction_id not in records
+    assert set(records) == {call.transaction_id for call in calls}
+
+
+async def test_request_past_its_deadline_is_rejected_unstarted(
+    nc: Client, start_worker: StartWorker, route_name: str
+) -> None:
+    engine = ScriptedEngine(["x"])
+    await start_worker(engine, route=route_name)
+    late = chat_request("hi", route=route_name, deadline_unix_ms=int(time.time() * 1000) - 1)
+    chunks = await (await InferenceCall.open(nc, "de", route_name, late)).until_end()
+    assert [c.kind for c in chunks] == [REJECTED]
+    assert "deadline" in chunks[0].error_message
+    assert engine.requests == []
+
+    timely = chat_request("hi", route=route_name, deadline_unix_ms=int(time.time() * 1000) + 5000)
+    chunks = await (await InferenceCall.open(nc, "de", route_name, timely)).until_end()
+    assert chunks[0].kind == ACCEPTED and chunks[-1].kind == FINAL
+
+
+async def test_two_workers_in_one_queue_group_share_the_requests(
+    nc: Client, start_worker: StartWorker, route_name: str
+) -> None:
+    engines = [ScriptedEngine(["a", "b"], delay_seconds=0.01) for _ in range(2)]
+    servers = [await start_worker(engine, route=route_name) for engine in engines]
+
+    async def one_request(index: int) -> list[inference_pb2.InferenceChunk]:
+        request = chat_request(f"request {index}", route=route_name)
+        call = await InferenceCall.open(nc, "de", route_name, request)
+        return await call.until_end()
+
+    results = await asyncio.gather(*(one_request(index) for index in range(16)))
+    assert all(chunks[-1].kind == FINAL for chunks in results)
+    serving = {chunks[0].worker_id for chunks in results}
+    assert serving == {server.identity.worker_id for server in servers}
+    assert sum(len(engine.requests) for engine in engines) == 16  # each served exactly once
+
+
+async def test_engine_failure_still_ends_with_a_final_error_and_a_usage_record(
+    nc: Client, start_worker: StartWorker, route_name: str, read_usage_records: ReadUsageRecords
+) -> None:
+    await start_worker(ScriptedEngine(["a", "b", "c"], fail_after_pieces=2), route=route_name)
+    partial = chat_request("x", route=route_name)
+    chunks = await (await InferenceCall.open(nc, "de", route_name, partial)).until_end()
+    assert [c.kind for c in chunks] == [ACCEPTED, DELTA, DELTA, FINAL]
+    assert chunks[-1].finish_reason == inference_pb2.FINISH_REASON_ERROR
+    assert chunks[-1].error_message
+    record = (await read_usage_records(route_name, [partial.transaction_id]))[
+        partial.transaction_id
+    ]
+    assert record.finish_reason == inference_pb2.FINISH_REASON_ERROR
+    assert record.completion_tokens == 2 and record.billable
+
+
+async def test_engine_failure_before_any_token_is_not_billable(
+    nc: Client, start_worker: StartWorker, route_name: str, read_usage_records: ReadUsageRecords
+) -> None:
+    await start_worker(ScriptedEngine(["a"], fail_after_pieces=0), route=route_name)
+    request = chat_request("x", route=route_name)
+    chunks = await (await InferenceCall.open(nc, "de", route_name, request)).until_end()
+    assert [c.kind for c in chunks] == [ACCEPTED, FINAL]
+    record = (await read_usage_records(route_name, [request.transaction_id]))[
+        request.transaction_id
+    ]
+    assert record.finish_reason == inference_pb2.FINISH_REASON_ERROR
+    assert not record.billable
+
+
+async def test_heartbeats_report_load_and_then_draining(
+    nc: Client, start_worker: StartWorker, route_name: str
+) -> None:
+    beats = await nc.subscribe(heartbeat_subject("de", route_name))
+    server = await start_worker(
+        ScriptedEngine(["x"] * 30, delay_seconds=0.02), route=route_name, heartbeat_interval_ms=100
+    )
+    first = inference_pb2.WorkerHeartbeat.FromString((await beats.next_msg(timeout=1)).data)
+    assert (first.worker_id, first.country, first.route) == (
+        server.identity.worker_id,
+        "de",
+        route_name,
+    )
+    assert (first.slots_total, first.slots_busy, first.queued) == (1, 0, 0)
+    assert first.interval_ms == 100 and not first.draining
+
+    call = await InferenceCall.open(nc, "de", route_name, chat_request("x", route=route_name))
+    await call.next_chunk()
+    busy = inference_pb2.WorkerHeartbeat.FromString((await beats.next_msg(timeout=1)).data)
+    while busy.slots_busy == 0:  # a beat sent before the request arrived
+        busy = inference_pb2.WorkerHeartbeat.FromString((await beats.next_msg(timeout=1)).data)
+    assert busy.slots_busy == 1
+
+    await server.drain()
+    draining = [
+        inference_pb2.WorkerHeartbeat.FromString(msg.data).draining
+        for msg in [await beats.next_msg(timeout=1) for _ in range(beats.pending_msgs)]
+    ]
+    assert draining and draining[-1]
+
+
+async def test_drain_finishes_in_flight_requests_then_takes_no_more(
+    nc: Client, start_worker: StartWorker, route_name: str
+) -> None:
+    server = await start_worker(ScriptedEngine(["x"] * 10, delay_seconds=0.03), route=route_name)
+    call = await InferenceCall.open(nc, "de", route_name, chat_request("x", route=route_name))
+    assert (await call.next_chunk()).kind == ACCEPTED
+    drained = asyncio.create_task(server.drain())
+    chunks = await call.until_end()
+    await drained
+    assert chunks[-1].finish_reason == inference_pb2.FINISH_REASON_STOP
+    assert chunks[-1].usage.completion_tokens == 10
+    with pytest.raises(nats.errors.NoRespondersError):
+        payload = chat_request("late", route=route_name).SerializeToString()
+        await nc.request(infer_subject("de", route_name), payload, timeout=1)
