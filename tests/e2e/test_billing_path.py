@@ -88,3 +88,18 @@ def test_insufficient_credit_is_403_and_costs_nothing(stack: Stack, new_customer
     assert caught.value.code == "insufficient_budget"
     balance = settled_balance(stack, customer.account_id)
     assert balance["balance_nano"] == 1_000
+
+
+def test_prompt_longer_than_the_context_is_400_and_free(stack: Stack, new_customer: Any) -> None:
+    customer = new_customer(credit_eur="1")
+    before = settled_balance(stack, customer.account_id)
+    with pytest.raises(openai.BadRequestError) as caught:
+        customer.client.chat.completions.create(
+            model="liv",
+            messages=[{"role": "user", "content": "sea " * 12_000}],  # > 8,192 tokens
+            max_tokens=5,
+        )
+    assert caught.value.code == "context_length_exceeded"
+    assert caught.value.param == "messages"
+    after = settled_balance(stack, customer.account_id)
+    assert after["balance_nano"] == before["balance_nano"]

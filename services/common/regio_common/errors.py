@@ -5,6 +5,10 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
+# Causes a worker reports in InferenceChunk.error_code.
+CONTEXT_LENGTH_EXCEEDED = "context_length_exceeded"  # the client's prompt does not fit
+GENERATION_FAILED = "generation_failed"  # our failure
+
 
 class RegioError(Exception):
     status: ClassVar[int] = 500

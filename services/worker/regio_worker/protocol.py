@@ -90,6 +90,7 @@ def final_chunk(
         finish_reason=FINISH_REASON_TO_PROTO[finished.finish_reason],
         usage=usage_message(finished.usage),
         error_message=finished.error_message,
+        error_code=finished.error_code,
     )
 
 

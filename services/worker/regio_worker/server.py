@@ -16,6 +16,7 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from regio.inference.v1 import inference_pb2
+from regio_common.errors import GENERATION_FAILED
 from regio_common.subjects import cancel_subject, infer_subject, worker_queue_group
 from regio_common.usage_stream import ensure_usage_stream
 from regio_worker.engine.base import (
@@ -190,7 +191,12 @@ class WorkerServer:
             log.exception("engine_failed")
             message = "the model worker failed while generating"
         # Each delta holds at least one token: a lower bound, so the partial answer is billed.
-        return GenerationFinished(FinishReason.ERROR, Usage(completion_tokens=deltas_sent), message)
+        return GenerationFinished(
+            FinishReason.ERROR,
+            Usage(completion_tokens=deltas_sent),
+            message,
+            error_code=GENERATION_FAILED,
+        )
 
     async def _finish(self, job: Job, finished: GenerationFinished) -> None:
         """The FINAL chunk, then the usage record: every accepted request gets both."""

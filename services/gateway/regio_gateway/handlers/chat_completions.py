@@ -13,7 +13,13 @@ import structlog
 from aiohttp import web
 
 from regio.inference.v1 import inference_pb2
-from regio_common.errors import InvalidRequest, RegioError, ServerError, UpstreamTimeout
+from regio_common.errors import (
+    CONTEXT_LENGTH_EXCEEDED,
+    InvalidRequest,
+    RegioError,
+    ServerError,
+    UpstreamTimeout,
+)
 from regio_common.http_middleware import TRANSACTION_HEADER, TRANSACTION_KEY
 from regio_gateway.auth import authenticate
 from regio_gateway.dispatch import WorkerStream
@@ -129,9 +135,12 @@ async def _json_answer(body: ChatCompletionRequest, stream: WorkerStream) -> web
 
 
 def _worker_failure(final: inference_pb2.InferenceChunk | None) -> RegioError:
-    detail = final.error_message if final is not None and final.error_message else "no detail"
+    detail = final.error_message if final is not None else "stream ended without a result"
+    if final is not None and final.error_code == CONTEXT_LENGTH_EXCEEDED:
+        return InvalidRequest(detail, param="messages", code=CONTEXT_LENGTH_EXCEEDED)
+    # The worker's detail may describe internals: it goes to the log, not to the client.
     log.error("generation_failed", detail=detail)
-    return ServerError(f"The model failed to generate a response ({detail}).")
+    return ServerError("The model failed to generate a response; please retry.")
 
 
 def _sse(data: str) -> bytes:

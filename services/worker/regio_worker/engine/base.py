@@ -55,6 +55,8 @@ class GenerationFinished:
     finish_reason: FinishReason
     usage: Usage = field(default_factory=Usage)
     error_message: str = ""
+    # With ERROR: regio_common.errors.CONTEXT_LENGTH_EXCEEDED or GENERATION_FAILED.
+    error_code: str = ""
 
 
 GenerationEvent = TextDelta | GenerationFinished

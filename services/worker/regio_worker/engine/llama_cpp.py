@@ -16,6 +16,7 @@ import llama_cpp
 import structlog
 from llama_cpp import Llama
 
+from regio_common.errors import CONTEXT_LENGTH_EXCEEDED, GENERATION_FAILED
 from regio_worker.engine.base import (
     Engine,
     FinishReason,
@@ -126,7 +127,11 @@ class LlamaCppEngine(Engine):
                     f"The prompt has {len(prompt.tokens)} tokens but the model's context holds "
                     f"{self._n_ctx} tokens for prompt and answer together; shorten the messages."
                 )
-                emit(GenerationFinished(FinishReason.ERROR, usage, message))
+                emit(
+                    GenerationFinished(
+                        FinishReason.ERROR, usage, message, error_code=CONTEXT_LENGTH_EXCEEDED
+                    )
+                )
                 return
             # The gateway clamps max_tokens to the route; the context may still be shorter.
             max_tokens = room if request.max_tokens is None else min(request.max_tokens, room)
@@ -136,7 +141,9 @@ class LlamaCppEngine(Engine):
             log.exception("generation_failed")
             message = f"The model failed while generating: {error}"
             usage = replace(usage, completion_tokens=progress.completion_tokens)
-            emit(GenerationFinished(FinishReason.ERROR, usage, message))
+            emit(
+                GenerationFinished(FinishReason.ERROR, usage, message, error_code=GENERATION_FAILED)
+            )
 
     def _sample(
         self,
