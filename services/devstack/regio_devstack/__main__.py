@@ -65,7 +65,9 @@ def main() -> int:
         say=say,
     )
     # Ctrl-C and SIGTERM interrupt whatever runs (start-up included); `finally` stops children.
+    # (SIGINT too: a shell starting us in the background would have left it ignored.)
     signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, _interrupt)
     try:
         say(f"data in {settings.data_dir}; service logs in {stack.logs_dir}")
         stack.start()

