@@ -56,6 +56,9 @@ def test_account_lifecycle_and_validation(stack: Stack) -> None:
     assert call(stack, "POST", base + "/credits", credit)[1]["balance_nano"] == 2_500_000_000
     # Replaying the same payment does not credit twice.
     assert call(stack, "POST", base + "/credits", credit)[1]["balance_nano"] == 2_500_000_000
+    reused = {"amount_eur": "3", "idempotency_key": f"{name}-pay-1"}
+    status, body = call(stack, "POST", base + "/credits", reused)
+    assert status == 409 and body["error"]["param"] == "idempotency_key"
     status, body = call(stack, "POST", base + "/credits", {"amount_eur": "-1"})
     assert status == 400 and body["error"]["param"] == "amount_eur"
 

@@ -4,19 +4,12 @@ from __future__ import annotations
 
 import grpc
 
-from regio.billing.v1 import billing_pb2, billing_pb2_grpc
-from regio_common.errors import InvalidRequest, ServiceUnavailable
+from regio.billing.v1 import billing_pb2
+from regio_common.billing_rpc import BillingRpcClient
+from regio_common.errors import Conflict, InvalidRequest, ServiceUnavailable
 
 
-class CreditsClient:
-    def __init__(self, address: str, timeout_seconds: float) -> None:
-        self._channel = grpc.aio.insecure_channel(address)
-        self._stub = billing_pb2_grpc.BillingStub(self._channel)
-        self._timeout = timeout_seconds
-
-    async def close(self) -> None:
-        await self._channel.close()
-
+class CreditsClient(BillingRpcClient):
     async def add_credits(
         self, account_id: str, amount_nano: int, idempotency_key: str, reference: str
     ) -> billing_pb2.Balance:
@@ -39,5 +32,10 @@ class CreditsClient:
         except grpc.aio.AioRpcError as error:
             if error.code() == grpc.StatusCode.INVALID_ARGUMENT:
                 raise InvalidRequest(error.details() or "Invalid credit request.") from None
+            if error.code() == grpc.StatusCode.ALREADY_EXISTS:
+                raise Conflict(
+                    error.details() or "This idempotency key was used for another payment.",
+                    param="idempotency_key",
+                ) from None
             raise ServiceUnavailable("Billing is temporarily unavailable.") from None
         return response

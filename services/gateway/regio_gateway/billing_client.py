@@ -7,21 +7,14 @@ from __future__ import annotations
 import grpc
 import structlog
 
-from regio.billing.v1 import billing_pb2, billing_pb2_grpc
+from regio.billing.v1 import billing_pb2
+from regio_common.billing_rpc import BillingRpcClient
 from regio_common.errors import InsufficientBudget, ModelNotFound, ServiceUnavailable
 
 log = structlog.get_logger()
 
 
-class BillingClient:
-    def __init__(self, address: str, timeout_seconds: float) -> None:
-        self._channel = grpc.aio.insecure_channel(address)
-        self._stub = billing_pb2_grpc.BillingStub(self._channel)
-        self._timeout = timeout_seconds
-
-    async def close(self) -> None:
-        await self._channel.close()
-
+class BillingClient(BillingRpcClient):
     async def reserve(
         self,
         *,
