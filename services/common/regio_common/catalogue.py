@@ -88,8 +88,24 @@ class Catalogue(BaseModel):
                 raise ValueError(f"route {route.name} names unknown regions {sorted(unknown)}")
         return self
 
+    @model_validator(mode="after")
+    def _aliases_unambiguous(self) -> Catalogue:
+        owners: dict[str, str] = {}
+        for route in self.routes.values():
+            for alias in route.base_models:
+                if alias in self.routes or owners.setdefault(alias, route.name) != route.name:
+                    raise ValueError(f"model name {alias!r} would name two routes")
+        return self
+
     def countries(self, region: str) -> list[str]:
         return self.regions.get(region, [])
+
+    def route_for_model(self, model: str) -> Route | None:
+        """A route by its name, or by a provider-prefixed base model (`google/gemma-3-270m`)."""
+        route = self.routes.get(model)
+        if route is not None:
+            return route
+        return next((r for r in self.routes.values() if model in r.base_models), None)
 
     @classmethod
     def load(cls, path: Path) -> Catalogue:

@@ -31,3 +31,22 @@ def test_unknown_region_is_refused(tmp_path: Path) -> None:
     )
     with pytest.raises(ValidationError, match="unknown regions"):
         Catalogue.load(path)
+
+
+def test_routes_are_found_by_name_or_base_model() -> None:
+    dev = Catalogue.load(DEFAULT_CATALOGUE)
+    assert dev.route_for_model("liv") is dev.routes["liv"]
+    assert dev.route_for_model("google/gemma-3-270m") is dev.routes["liv"]
+    assert dev.route_for_model("gemma-3-270m") is None
+
+
+def test_a_base_model_naming_two_routes_is_refused(tmp_path: Path) -> None:
+    route = (
+        'base_models = ["vendor/m"]\nsource = { gguf_path = "/m.gguf" }\ncontext_length = 10\n'
+        'max_output_tokens = 5\ninput_price_eur_per_mtok = "1"\noutput_price_eur_per_mtok = "1"\n'
+        'regions = ["eu"]\n'
+    )
+    path = tmp_path / "twice.toml"
+    path.write_text(f'[regions]\neu = ["de"]\n[routes.a]\n{route}[routes.b]\n{route}')
+    with pytest.raises(ValidationError, match="would name two routes"):
+        Catalogue.load(path)

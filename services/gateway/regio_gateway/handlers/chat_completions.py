@@ -85,8 +85,8 @@ async def create_chat_completion(request: web.Request) -> web.StreamResponse:
     log.info("dispatched", route=route.name, region=region, country=stream.country)
     try:
         if body.stream:
-            return await _stream_answer(request, state, body, stream)
-        return await _json_answer(body, stream)
+            return await _stream_answer(request, state, body, route.name, stream)
+        return await _json_answer(route.name, stream)
     except UpstreamTimeout:
         # The worker went silent (likely gone): its usage record may never come.
         await state.billing.release(transaction_id, "worker silent")
@@ -103,7 +103,7 @@ def _completion_id(stream: WorkerStream) -> str:
     return f"chatcmpl-{stream.transaction_id}"
 
 
-async def _json_answer(body: ChatCompletionRequest, stream: WorkerStream) -> web.Response:
+async def _json_answer(model: str, stream: WorkerStream) -> web.Response:
     text: list[str] = []
     reasoning: list[str] = []
     final: inference_pb2.InferenceChunk | None = None
@@ -116,7 +116,7 @@ async def _json_answer(body: ChatCompletionRequest, stream: WorkerStream) -> web
         raise _worker_failure(final)
     completion = ChatCompletion(
         id=_completion_id(stream),
-        model=body.model,
+        model=model,
         choices=[
             Choice(
                 message=AssistantMessage(
@@ -148,7 +148,11 @@ def _sse(data: str) -> bytes:
 
 
 async def _stream_answer(
-    request: web.Request, state: GatewayState, body: ChatCompletionRequest, stream: WorkerStream
+    request: web.Request,
+    state: GatewayState,
+    body: ChatCompletionRequest,
+    model: str,
+    stream: WorkerStream,
 ) -> web.StreamResponse:
     response = web.StreamResponse(
         headers={
@@ -169,7 +173,7 @@ async def _stream_answer(
             [] if usage is not None else [ChunkChoice(delta=delta, finish_reason=finish_reason)]
         )
         chunk = ChatCompletionChunk(
-            id=completion_id, created=created, model=body.model, choices=choices, usage=usage
+            id=completion_id, created=created, model=model, choices=choices, usage=usage
         )
         return _sse(chunk.model_dump_json(exclude_none=True))
 

@@ -11,7 +11,7 @@ from regio_gateway.config_store import ConfigStore
 def resolve_activation(
     catalogue: Catalogue, config: ConfigStore, account_id: str, model: str, region: str
 ) -> tuple[Route, ActivationRecord]:
-    route = catalogue.routes.get(model)
+    route = catalogue.route_for_model(model)
     if route is None:
         raise ModelNotFound(f"The model '{model}' does not exist.", param="model")
     activation = config.activation(account_id, route.name, region)

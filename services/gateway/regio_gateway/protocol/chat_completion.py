@@ -179,10 +179,16 @@ FINISH_REASONS: dict[int, str] = {
 }
 
 
+class PromptTokensDetails(BaseModel):
+    cached_tokens: int
+
+
 class CompletionUsage(BaseModel):
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
+    # Billable prompt tokens whose computation was reused from the worker's KV cache.
+    prompt_tokens_details: PromptTokensDetails
 
     @classmethod
     def from_proto(cls, usage: inference_pb2.Usage) -> CompletionUsage:
@@ -190,6 +196,7 @@ class CompletionUsage(BaseModel):
             prompt_tokens=usage.prompt_tokens,
             completion_tokens=usage.completion_tokens,
             total_tokens=usage.prompt_tokens + usage.completion_tokens,
+            prompt_tokens_details=PromptTokensDetails(cached_tokens=usage.cached_tokens),
         )
 
 
