@@ -18,7 +18,7 @@ def test_stopped_worker_gives_503_quickly_and_releases_the_hold(
 ) -> None:
     customer = new_customer(credit_eur="1", regions=("nl",))
     worker = stack.start_worker("liv", "nl")
-    stack.wait_for_route("liv", "nl")
+    stack.wait_for_worker(worker, "liv", "nl")
     # The endpoint's region comes from the Host header (nl.<domain> serves region nl).
     nl_client = customer.client.with_options(default_headers={"Host": "nl.localhost"})
     answer = nl_client.chat.completions.create(

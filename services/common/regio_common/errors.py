@@ -46,6 +46,29 @@ class RequestTooLarge(ClientError):
     default_code = "invalid_value"
 
 
+class Unauthenticated(ClientError):
+    """No usable credential (missing, malformed, unknown or revoked): 401."""
+
+    status = 401
+    error_type = "authentication_error"
+    default_code = "invalid_credentials"
+
+
+class PermissionDenied(ClientError):
+    """A valid credential whose role may not do this: 403."""
+
+    status = 403
+    error_type = "permission_error"
+    default_code = "permission_denied"
+
+
+class UnprocessableEntity(ClientError):
+    """Well-formed, but a value breaks a limit or rule of the resource: 422."""
+
+    status = 422
+    default_code = "invalid_value"
+
+
 class AuthenticationFailed(ClientError):
     status = 403
     error_type = "authentication_error"
@@ -92,6 +115,10 @@ class ServerError(RegioError):
 class ServiceUnavailable(ServerError):
     status = 503
     default_code = "service_unavailable"
+
+
+class BillingUnavailable(ServiceUnavailable):
+    """Billing cannot be reached: nothing may be served (fail closed)."""
 
 
 class UpstreamTimeout(ServerError):

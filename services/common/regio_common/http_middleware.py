@@ -49,30 +49,32 @@ def _from_http_exception(exc: web.HTTPException) -> RegioError:
 
 @web.middleware
 async def transaction_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    transaction_id = new_transaction_id()
-    request[TRANSACTION_KEY] = transaction_id
-    structlog.contextvars.bind_contextvars(transaction_id=transaction_id)
+    """Handlers may replace `request[TRANSACTION_KEY]` (a retried attempt gets its own id):
+    the response names the id in force when it is sent."""
+    request[TRANSACTION_KEY] = new_transaction_id()
+    structlog.contextvars.bind_contextvars(transaction_id=request[TRANSACTION_KEY])
     started = time.perf_counter()
     status = 500
     try:
         response = await handler(request)
         status = response.status
         if not response.prepared:
-            response.headers[TRANSACTION_HEADER] = transaction_id
+            response.headers[TRANSACTION_HEADER] = request[TRANSACTION_KEY]
         return response
     except RegioError as error:
         status = error.status
         if status >= 500:
             log.warning("request_failed", error=error.message, code=error.code)
-        return error_response(error, transaction_id)
+        return error_response(error, request[TRANSACTION_KEY])
     except web.HTTPException as exc:
         mapped = _from_http_exception(exc)
         status = mapped.status
-        return error_response(mapped, transaction_id)
+        return error_response(mapped, request[TRANSACTION_KEY])
     except Exception:
         log.exception("unhandled_error")
         return error_response(
-            ServerError("The server had an error while processing your request."), transaction_id
+            ServerError("The server had an error while processing your request."),
+            request[TRANSACTION_KEY],
         )
     finally:
         log.info(

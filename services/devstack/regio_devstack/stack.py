@@ -119,10 +119,10 @@ class Stack:
             self.start_service("gateway", "regio_gateway")
             self._wait(self.services[-1], lambda: _http_ok(self.gateway_url + "/health"))
             self._prepare_models()
-            for route in self.catalogue.routes:
-                self.start_worker(route, self.config.worker_country)
-            for route in self.catalogue.routes:
-                self.wait_for_route(route, self.config.worker_country)
+            country = self.config.worker_country
+            workers = {route: self.start_worker(route, country) for route in self.catalogue.routes}
+            for route, worker in workers.items():
+                self.wait_for_worker(worker, route, country)
         except BaseException:
             self.stop()
             raise
@@ -170,15 +170,18 @@ class Stack:
             REGIO_WORKER_COUNTRY=country,
         )
 
-    def wait_for_route(self, route: str, country: str, timeout: float = 300.0) -> None:
-        """Until the gateway has seen a heartbeat of a worker for (country, route)."""
-        worker = self.services[-1]
+    def wait_for_worker(self, worker: ManagedProcess, route: str, country: str) -> None:
+        """Until `worker` serves and the gateway has seen a heartbeat for (country, route).
+
+        Both, because the gateway may still remember a worker of that country that just died."""
 
         def live() -> bool:
+            if '"worker_ready"' not in worker.log_path.read_text(errors="replace"):
+                return False
             health = _http_json(self.gateway_url + "/health", host=f"{country}.localhost")
             return country in health.get("routes", {}).get(route, {}).get("countries", [])
 
-        self._wait(worker, live, timeout)
+        self._wait(worker, live, timeout=300)
 
     def _wait(
         self, process: ManagedProcess, ready: Callable[[], bool], timeout: float = 60

@@ -9,7 +9,7 @@ import structlog
 
 from regio.billing.v1 import billing_pb2
 from regio_common.billing_rpc import BillingRpcClient
-from regio_common.errors import InsufficientBudget, ModelNotFound, ServiceUnavailable
+from regio_common.errors import BillingUnavailable, InsufficientBudget, ModelNotFound
 
 log = structlog.get_logger()
 
@@ -41,7 +41,7 @@ class BillingClient(BillingRpcClient):
             )
         except grpc.aio.AioRpcError as error:
             log.error("billing_reserve_failed", grpc_code=error.code().name, detail=error.details())
-            raise ServiceUnavailable(
+            raise BillingUnavailable(
                 "Billing is temporarily unavailable; the request was not served."
             ) from None
         if response.outcome == billing_pb2.RESERVE_OUTCOME_INSUFFICIENT_FUNDS:
@@ -53,7 +53,7 @@ class BillingClient(BillingRpcClient):
         if response.outcome == billing_pb2.RESERVE_OUTCOME_UNKNOWN_ROUTE:
             raise ModelNotFound(f"The model '{route}' does not exist.", param="model")
         if response.outcome != billing_pb2.RESERVE_OUTCOME_HELD:
-            raise ServiceUnavailable("Billing gave no answer; the request was not served.")
+            raise BillingUnavailable("Billing gave no answer; the request was not served.")
         return response
 
     async def release(self, transaction_id: str, reason: str) -> None:

@@ -112,3 +112,12 @@ def test_conversion_to_the_worker_request(liv: Route) -> None:
     assert not proto.sampling.HasField("top_p")
     assert proto.free_system_prompt == "Be brief."
     assert [(m.role, m.content) for m in proto.messages] == [("user", "Hello")]
+
+
+def test_candidate_models_are_model_then_fallbacks_each_once() -> None:
+    request = ChatCompletionRequest.parse(
+        {"model": "a", "models": ["b", "a", "c"], "messages": [USER]}
+    )
+    assert request.candidate_models == ["a", "b", "c"]
+    only_fallbacks = ChatCompletionRequest.parse({"models": ["b"], "messages": [USER]})
+    assert only_fallbacks.candidate_models == ["b"]

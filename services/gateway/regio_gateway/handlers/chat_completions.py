@@ -13,11 +13,15 @@ import structlog
 from aiohttp import web
 
 from regio.inference.v1 import inference_pb2
+from regio_common.catalogue import Route
 from regio_common.errors import (
     CONTEXT_LENGTH_EXCEEDED,
+    BillingUnavailable,
+    ClientError,
     InvalidRequest,
     RegioError,
     ServerError,
+    ServiceUnavailable,
     UpstreamTimeout,
 )
 from regio_common.http_middleware import TRANSACTION_HEADER, TRANSACTION_KEY
@@ -45,7 +49,6 @@ COUNTRY_HEADER = "x-regio-country"
 
 async def create_chat_completion(request: web.Request) -> web.StreamResponse:
     state = request.app[STATE_KEY]
-    transaction_id: str = request[TRANSACTION_KEY]
     key = authenticate(request, state.config)
     structlog.contextvars.bind_contextvars(account_id=key.account_id)
     body = ChatCompletionRequest.parse(await read_json_body(request, state.settings.max_body_bytes))
@@ -55,33 +58,8 @@ async def create_chat_completion(request: web.Request) -> web.StreamResponse:
             param="messages",
         )
     region = endpoint_region(request, state.catalogue, state.settings.default_region)
-    route, activation = resolve_activation(
-        state.catalogue, state.config, key.account_id, body.model, region
-    )
-    body.check_supported(route)
-    max_tokens = body.output_limit(route)
-    inference = body.to_inference_request(
-        transaction_id=transaction_id,
-        account_id=key.account_id,
-        route=route,
-        region=region,
-        free_system_prompt=activation.free_system_prompt,
-        deadline_unix_ms=int((time.time() + state.settings.dispatch_timeout_seconds) * 1000),
-    )
-    await state.billing.reserve(
-        transaction_id=transaction_id,
-        account_id=key.account_id,
-        route=route.name,
-        region=region,
-        max_prompt_tokens=body.prompt_token_bound(),
-        max_completion_tokens=max_tokens,
-        ttl_seconds=state.settings.hold_ttl_seconds,
-    )
-    try:
-        stream = await state.dispatcher.open(inference, state.catalogue.countries(region))
-    except BaseException:
-        await state.billing.release(transaction_id, "not dispatched")
-        raise
+    route, stream = await _dispatch_first_available(request, state, body, key.account_id, region)
+    transaction_id: str = request[TRANSACTION_KEY]
     log.info("dispatched", route=route.name, region=region, country=stream.country)
     try:
         if body.stream:
@@ -97,6 +75,66 @@ async def create_chat_completion(request: web.Request) -> web.StreamResponse:
         raise
     finally:
         await stream.close()
+
+
+async def _dispatch_first_available(
+    request: web.Request,
+    state: GatewayState,
+    body: ChatCompletionRequest,
+    account_id: str,
+    region: str,
+) -> tuple[Route, WorkerStream]:
+    """Hold credit and hand the request to a worker, trying `model`, then each of `models`.
+
+    Each attempt that holds credit gets its own transaction id (`<id>`, `<id>-2`, …), so that a
+    released hold is never confused with the next one; the id of the attempt that is served
+    becomes the response's `x-transaction-id`. When every candidate fails, the error of the
+    first one is returned."""
+    first_error: RegioError | None = None
+    base_id: str = request[TRANSACTION_KEY]
+    holds = 0
+    for model in body.candidate_models:
+        try:
+            route, activation = resolve_activation(
+                state.catalogue, state.config, account_id, model, region
+            )
+            body.check_supported(route)
+            transaction_id = base_id if holds == 0 else f"{base_id}-{holds + 1}"
+            request[TRANSACTION_KEY] = transaction_id
+            structlog.contextvars.bind_contextvars(transaction_id=transaction_id)
+            await state.billing.reserve(
+                transaction_id=transaction_id,
+                account_id=account_id,
+                route=route.name,
+                region=region,
+                max_prompt_tokens=body.prompt_token_bound(),
+                max_completion_tokens=body.output_limit(route),
+                ttl_seconds=state.settings.hold_ttl_seconds,
+            )
+            holds += 1
+            inference = body.to_inference_request(
+                transaction_id=transaction_id,
+                account_id=account_id,
+                route=route,
+                region=region,
+                free_system_prompt=activation.free_system_prompt,
+                deadline_unix_ms=int(
+                    (time.time() + state.settings.dispatch_timeout_seconds) * 1000
+                ),
+            )
+            try:
+                stream = await state.dispatcher.open(inference, state.catalogue.countries(region))
+            except BaseException:
+                await state.billing.release(transaction_id, "not dispatched")
+                raise
+            return route, stream
+        except BillingUnavailable:
+            raise  # no other model can be served either
+        except (ClientError, ServiceUnavailable) as error:
+            log.info("candidate_failed", model=model, code=error.code)
+            first_error = first_error or error
+    assert first_error is not None  # candidate_models is never empty
+    raise first_error
 
 
 def _completion_id(stream: WorkerStream) -> str:

@@ -67,7 +67,9 @@ class ChatCompletionRequest(BaseModel):
     # send vendor extensions keep working.
     model_config = ConfigDict(extra="ignore")
 
-    model: str = Field(min_length=1)
+    model: str | None = Field(None, min_length=1)
+    # Fallbacks tried in order when `model` cannot be served (not activated here, no capacity).
+    models: list[str] | None = Field(None, min_length=1, max_length=8)
     messages: list[ChatMessage] = Field(min_length=1)
     max_tokens: int | None = Field(None, ge=1)
     max_completion_tokens: int | None = Field(None, ge=1)
@@ -97,7 +99,16 @@ class ChatCompletionRequest(BaseModel):
     @classmethod
     def parse(cls, payload: object) -> ChatCompletionRequest:
         """Validate a decoded JSON body; any problem becomes a 400 naming the parameter."""
-        return parse_body(cls, payload)
+        request = parse_body(cls, payload)
+        if not request.candidate_models:
+            raise InvalidRequest("Missing required parameter: 'model'.", param="model")
+        return request
+
+    @property
+    def candidate_models(self) -> list[str]:
+        """`model`, then the `models` fallbacks, each once."""
+        names = ([self.model] if self.model else []) + (self.models or [])
+        return list(dict.fromkeys(names))
 
     @property
     def stop_sequences(self) -> list[str]:
