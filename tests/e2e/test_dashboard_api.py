@@ -16,13 +16,21 @@ from tests.e2e.helpers import wait_until_key_known
 
 
 def call(
-    stack: Stack, method: str, path: str, body: object = None, token: str | None = None
+    stack: Stack,
+    method: str,
+    path: str,
+    body: object = None,
+    token: str | None = None,
+    authorization: str | None = None,
 ) -> tuple[int, Any]:
+    """One dashboard call as `token` (default: the admin), or with a raw `authorization`
+    header value ("" sends none)."""
+    header = authorization if authorization is not None else f"Bearer {token or stack.admin_token}"
     request = urllib.request.Request(
         stack.dashboard_url + path,
         method=method,
         data=json.dumps(body).encode() if body is not None else None,
-        headers={"Authorization": f"Bearer {token if token is not None else stack.admin_token}"},
+        headers={"Authorization": header} if header else {},
     )
     try:
         with urllib.request.urlopen(request, timeout=10) as response:
@@ -33,8 +41,9 @@ def call(
 
 def test_admin_token_is_required(stack: Stack) -> None:
     status, body = call(stack, "GET", "/admin/v1/accounts", token="rg-not-admin")
-    assert status == 403
-    assert body["error"]["code"] == "invalid_admin_token"
+    assert status == 401
+    assert body["error"]["code"] == "invalid_credentials"
+    assert body["error"]["type"] == "authentication_error"
 
 
 def test_account_lifecycle_and_validation(stack: Stack) -> None:
@@ -68,7 +77,13 @@ def test_account_lifecycle_and_validation(stack: Stack) -> None:
     assert status == 404
     too_long = {"free_system_prompt": "x" * 1025}
     status, body = call(stack, "PUT", base + "/activations/liv/eu", too_long)
-    assert status == 400 and body["error"]["param"] == "free_system_prompt"
+    assert status == 422
+    assert body["error"]["param"] == "free_system_prompt"
+    assert body["error"]["code"] == "invalid_value"
+    assert "1024 characters" in body["error"]["message"]
+    status, _ = call(stack, "PUT", base + "/activations/liv/eu", {"free_system_prompt": "x" * 1024})
+    assert status == 200
+    assert call(stack, "DELETE", base + "/activations/liv/eu")[0] == 200
 
     status, activation = call(stack, "PUT", base + "/activations/liv/de", {})
     assert status == 200 and activation["region"] == "de"

@@ -16,6 +16,7 @@ from regio_common.migrations import apply_migrations
 from regio_common.nats_connection import connect_nats
 from regio_dashboard.billing_client import CreditsClient
 from regio_dashboard.handlers import add_routes
+from regio_dashboard.management_tokens import ManagementTokenStore
 from regio_dashboard.projection import ConfigProjection
 from regio_dashboard.settings import DashboardSettings
 from regio_dashboard.state import STATE_KEY, DashboardState
@@ -36,8 +37,8 @@ async def dashboard_state(settings: DashboardSettings) -> AsyncIterator[Dashboar
     nc = await connect_nats(settings.nats_url, name="regio-dashboard-api")
     credits = CreditsClient(settings.billing_address, settings.billing_timeout_seconds)
     store = DashboardStore(pool)
-    projection = ConfigProjection(await config_bucket(nc.jetstream()))
-    await projection.rebuild(store)
+    projection = ConfigProjection(await config_bucket(nc.jetstream()), store)
+    await projection.rebuild()
     try:
         yield DashboardState(
             admin_token=settings.admin_token.get_secret_value(),
@@ -45,6 +46,7 @@ async def dashboard_state(settings: DashboardSettings) -> AsyncIterator[Dashboar
             catalogue=Catalogue.load(settings.catalogue_path),
             nats=nc,
             store=store,
+            management_tokens=ManagementTokenStore(pool),
             projection=projection,
             credits=credits,
         )

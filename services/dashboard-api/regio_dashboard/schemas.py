@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
@@ -10,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from regio.billing.v1 import billing_pb2
 from regio_common.money import nano_to_eur
 from regio_common.validation import parse_body
+from regio_dashboard.management_tokens import ManagementToken
 from regio_dashboard.store import Account, Activation, ApiKey
 
 
@@ -45,17 +47,40 @@ def account_json(account: Account) -> dict[str, Any]:
     }
 
 
+def _timestamp(moment: datetime | None) -> int | None:
+    return int(moment.timestamp()) if moment is not None else None
+
+
 def api_key_json(key: ApiKey, plaintext: str | None = None) -> dict[str, Any]:
+    """A key as listed: never its secret or hash (the secret only once, at creation)."""
     body: dict[str, Any] = {
         "id": key.key_id,
         "object": "api_key",
         "account_id": key.account_id,
         "prefix": key.prefix,
         "last_four": key.last_four,
+        "status": "revoked" if key.revoked_at is not None else "active",
         "created": int(key.created_at.timestamp()),
+        "revoked": _timestamp(key.revoked_at),
     }
     if plaintext is not None:
         body["key"] = plaintext  # shown once, at creation
+    return body
+
+
+def management_token_json(token: ManagementToken, plaintext: str | None = None) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "id": token.token_id,
+        "object": "management_token",
+        "account_id": token.account_id,
+        "prefix": token.prefix,
+        "last_four": token.last_four,
+        "status": "revoked" if token.revoked_at is not None else "active",
+        "created": int(token.created_at.timestamp()),
+        "revoked": _timestamp(token.revoked_at),
+    }
+    if plaintext is not None:
+        body["token"] = plaintext  # shown once, at creation
     return body
 
 

@@ -9,6 +9,7 @@ from nats.aio.client import Client
 
 from regio_common.catalogue import Catalogue
 from regio_dashboard.billing_client import CreditsClient
+from regio_dashboard.management_tokens import ManagementTokenStore
 from regio_dashboard.projection import ConfigProjection
 from regio_dashboard.store import DashboardStore
 
@@ -20,6 +21,7 @@ class DashboardState:
     catalogue: Catalogue
     nats: Client
     store: DashboardStore
+    management_tokens: ManagementTokenStore
     projection: ConfigProjection
     credits: CreditsClient
 

@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
-import secrets
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 import psycopg.errors
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
-from regio_common.config_records import hash_api_key
 from regio_common.errors import Conflict
+from regio_dashboard.credentials import API_KEY_PREFIX, issue_secret, new_id
 
-API_KEY_PREFIX = "rg-"
+ACCOUNT_COLUMNS = "account_id, name, status, created_at"
+KEY_COLUMNS = "key_id, account_id, key_hash, prefix, last_four, created_at, revoked_at"
+ACTIVATION_COLUMNS = "account_id, route, region, free_system_prompt, created_at"
 
 
 @dataclass(frozen=True)
@@ -44,23 +48,40 @@ class Activation:
     created_at: datetime
 
 
-def new_api_key() -> str:
-    """A 256-bit random secret, recognisable by its prefix (e.g. for secret scanners)."""
-    return API_KEY_PREFIX + secrets.token_urlsafe(32)
+@dataclass(frozen=True)
+class AccountKeys:
+    """An account's status and keys, read while holding the account's projection lock."""
+
+    account: Account | None
+    keys: list[ApiKey]
+
+    def live_keys(self) -> list[ApiKey]:
+        """Keys gateways must accept: not revoked, of an account that is not suspended."""
+        if self.account is None or self.account.status != "active":
+            return []
+        return [key for key in self.keys if key.revoked_at is None]
+
+
+def after_clause(columns: str, position: tuple[Any, ...] | None) -> tuple[str, tuple[Any, ...]]:
+    """SQL condition and parameters of keyset pagination past `position` (nothing if None)."""
+    if position is None:
+        return "TRUE", ()
+    placeholders = ", ".join(["%s"] * len(position))
+    return f"({columns}) > ({placeholders})", position
 
 
 class DashboardStore:
     def __init__(self, pool: AsyncConnectionPool) -> None:
         self._pool = pool
 
+    # -- accounts -------------------------------------------------------------------------------
     async def create_account(self, name: str) -> Account:
-        account_id = f"acct_{secrets.token_hex(8)}"
         async with self._pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
             try:
                 await cur.execute(
                     "INSERT INTO dashboard.accounts (account_id, name) VALUES (%s, %s)"
-                    " RETURNING account_id, name, status, created_at",
-                    (account_id, name),
+                    f" RETURNING {ACCOUNT_COLUMNS}",
+                    (new_id("acct"), name),
                 )
             except psycopg.errors.UniqueViolation:
                 raise Conflict(f"An account named '{name}' already exists.", param="name") from None
@@ -71,54 +92,105 @@ class DashboardStore:
     async def get_account(self, account_id: str) -> Account | None:
         async with self._pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
             await cur.execute(
-                "SELECT account_id, name, status, created_at FROM dashboard.accounts"
-                " WHERE account_id = %s",
+                f"SELECT {ACCOUNT_COLUMNS} FROM dashboard.accounts WHERE account_id = %s",
                 (account_id,),
             )
             row = await cur.fetchone()
         return Account(**row) if row else None
 
-    async def list_accounts(self, name: str | None = None) -> list[Account]:
-        query = "SELECT account_id, name, status, created_at FROM dashboard.accounts"
-        params: tuple[str, ...] = ()
+    async def list_accounts(
+        self, fetch: int, after: tuple[datetime, str] | None, name: str | None = None
+    ) -> list[Account]:
+        condition, params = after_clause("created_at, account_id", after)
         if name is not None:
-            query += " WHERE name = %s"
-            params = (name,)
+            condition += " AND name = %s"
+            params = (*params, name)
         async with self._pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
-            await cur.execute(query + " ORDER BY created_at", params)
+            await cur.execute(
+                f"SELECT {ACCOUNT_COLUMNS} FROM dashboard.accounts WHERE {condition}"
+                " ORDER BY created_at, account_id LIMIT %s",
+                (*params, fetch),
+            )
             return [Account(**row) for row in await cur.fetchall()]
 
+    async def set_account_status(self, account_id: str, status: str) -> Account | None:
+        async with self._pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
+            await cur.execute(
+                "UPDATE dashboard.accounts SET status = %s WHERE account_id = %s"
+                f" RETURNING {ACCOUNT_COLUMNS}",
+                (status, account_id),
+            )
+            row = await cur.fetchone()
+        return Account(**row) if row else None
+
+    # -- API keys -------------------------------------------------------------------------------
     async def create_api_key(self, account_id: str) -> tuple[ApiKey, str]:
         """Store a new key's hash; the plaintext is returned once and never stored."""
-        plaintext = new_api_key()
+        secret = issue_secret(API_KEY_PREFIX)
         async with self._pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
             await cur.execute(
                 "INSERT INTO dashboard.api_keys"
                 " (key_id, account_id, key_hash, prefix, last_four) VALUES (%s, %s, %s, %s, %s)"
-                " RETURNING key_id, account_id, key_hash, prefix, last_four, created_at,"
-                " revoked_at",
-                (
-                    f"key_{secrets.token_hex(8)}",
-                    account_id,
-                    hash_api_key(plaintext),
-                    plaintext[: len(API_KEY_PREFIX) + 4],
-                    plaintext[-4:],
-                ),
+                f" RETURNING {KEY_COLUMNS}",
+                (new_id("key"), account_id, secret.secret_hash, secret.prefix, secret.last_four),
             )
             row = await cur.fetchone()
         assert row is not None
-        return ApiKey(**row), plaintext
+        return ApiKey(**row), secret.plaintext
+
+    async def list_api_keys(
+        self, account_id: str, fetch: int, after: tuple[datetime, str] | None
+    ) -> list[ApiKey]:
+        condition, params = after_clause("created_at, key_id", after)
+        async with self._pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
+            await cur.execute(
+                f"SELECT {KEY_COLUMNS} FROM dashboard.api_keys"
+                f" WHERE account_id = %s AND {condition} ORDER BY created_at, key_id LIMIT %s",
+                (account_id, *params, fetch),
+            )
+            return [ApiKey(**row) for row in await cur.fetchall()]
+
+    async def revoke_api_key(self, account_id: str, key_id: str) -> ApiKey | None:
+        """Revoke a key of this account (idempotent: the first revocation time is kept)."""
+        async with self._pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
+            await cur.execute(
+                "UPDATE dashboard.api_keys SET revoked_at = coalesce(revoked_at, now())"
+                f" WHERE account_id = %s AND key_id = %s RETURNING {KEY_COLUMNS}",
+                (account_id, key_id),
+            )
+            row = await cur.fetchone()
+        return ApiKey(**row) if row else None
 
     async def active_api_keys(self) -> list[ApiKey]:
         async with self._pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
             await cur.execute(
-                "SELECT key_id, account_id, key_hash, prefix, last_four, created_at, revoked_at"
-                " FROM dashboard.api_keys k WHERE revoked_at IS NULL AND EXISTS ("
-                "  SELECT 1 FROM dashboard.accounts a"
+                f"SELECT {KEY_COLUMNS} FROM dashboard.api_keys k WHERE revoked_at IS NULL"
+                " AND EXISTS (SELECT 1 FROM dashboard.accounts a"
                 "  WHERE a.account_id = k.account_id AND a.status = 'active')"
             )
             return [ApiKey(**row) for row in await cur.fetchall()]
 
+    @asynccontextmanager
+    async def locked_account_keys(self, account_id: str) -> AsyncIterator[AccountKeys]:
+        """The account's current keys and status, with a lock (across replicas) held until the
+        block ends, so that concurrent projections of one account apply in commit order."""
+        async with self._pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
+            await cur.execute(
+                "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (f"keys:{account_id}",)
+            )
+            await cur.execute(
+                f"SELECT {ACCOUNT_COLUMNS} FROM dashboard.accounts WHERE account_id = %s",
+                (account_id,),
+            )
+            account_row = await cur.fetchone()
+            await cur.execute(
+                f"SELECT {KEY_COLUMNS} FROM dashboard.api_keys WHERE account_id = %s",
+                (account_id,),
+            )
+            keys = [ApiKey(**row) for row in await cur.fetchall()]
+            yield AccountKeys(Account(**account_row) if account_row else None, keys)
+
+    # -- activations ----------------------------------------------------------------------------
     async def upsert_activation(
         self, account_id: str, route: str, region: str, free_system_prompt: str
     ) -> Activation:
@@ -128,22 +200,55 @@ class DashboardStore:
                 " VALUES (%s, %s, %s, %s)"
                 " ON CONFLICT (account_id, route, region) DO UPDATE"
                 " SET free_system_prompt = EXCLUDED.free_system_prompt, updated_at = now()"
-                " RETURNING account_id, route, region, free_system_prompt, created_at",
+                f" RETURNING {ACTIVATION_COLUMNS}",
                 (account_id, route, region, free_system_prompt),
             )
             row = await cur.fetchone()
         assert row is not None
         return Activation(**row)
 
-    async def activations(self, account_id: str | None = None) -> list[Activation]:
-        query = (
-            "SELECT account_id, route, region, free_system_prompt, created_at"
-            " FROM dashboard.activations"
-        )
-        params: tuple[str, ...] = ()
-        if account_id is not None:
-            query += " WHERE account_id = %s"
-            params = (account_id,)
+    async def delete_activation(self, account_id: str, route: str, region: str) -> bool:
+        async with self._pool.connection() as conn, conn.cursor() as cur:
+            await cur.execute(
+                "DELETE FROM dashboard.activations"
+                " WHERE account_id = %s AND route = %s AND region = %s",
+                (account_id, route, region),
+            )
+            return cur.rowcount > 0
+
+    async def list_activations(
+        self, account_id: str, fetch: int, after: tuple[str, ...] | None
+    ) -> list[Activation]:
+        condition, params = after_clause("route, region", after)
         async with self._pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
-            await cur.execute(query + " ORDER BY route, region", params)
+            await cur.execute(
+                f"SELECT {ACTIVATION_COLUMNS} FROM dashboard.activations"
+                f" WHERE account_id = %s AND {condition} ORDER BY route, region LIMIT %s",
+                (account_id, *params, fetch),
+            )
             return [Activation(**row) for row in await cur.fetchall()]
+
+    async def activations(self) -> list[Activation]:
+        """Every activation of every account (to rebuild the projection)."""
+        async with self._pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
+            await cur.execute(f"SELECT {ACTIVATION_COLUMNS} FROM dashboard.activations")
+            return [Activation(**row) for row in await cur.fetchall()]
+
+    @asynccontextmanager
+    async def locked_activation(
+        self, account_id: str, route: str, region: str
+    ) -> AsyncIterator[Activation | None]:
+        """The activation as committed now (None once cancelled), locked like
+        `locked_account_keys`."""
+        async with self._pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
+            await cur.execute(
+                "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))",
+                (f"activation:{account_id}:{route}:{region}",),
+            )
+            await cur.execute(
+                f"SELECT {ACTIVATION_COLUMNS} FROM dashboard.activations"
+                " WHERE account_id = %s AND route = %s AND region = %s",
+                (account_id, route, region),
+            )
+            row = await cur.fetchone()
+            yield Activation(**row) if row else None
