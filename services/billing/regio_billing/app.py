@@ -69,6 +69,9 @@ class BillingApp:
             log.info("migrations_applied", versions=applied)
         self._pool = await open_pool(settings.database_url, settings.database_pool_size)
         self._ledger = Ledger(self._pool, catalogue)
+        repriced = await self._ledger.publish_catalogue_prices()
+        if repriced:
+            log.info("route_prices_published", routes=repriced)
 
         self._nats = await connect_nats(settings.nats_url, name="regio-billing")
         self._consumer = UsageConsumer(

@@ -11,6 +11,12 @@ class HoldNotFound(NotFound):
     default_code = "hold_not_found"
 
 
+class PaymentNotFound(NotFound):
+    """RefundPayment named an idempotency key that no payment used."""
+
+    default_code = "payment_not_found"
+
+
 class IdempotencyConflict(Conflict):
     """An idempotency key (transaction id or payment key) was reused for a different request."""
 

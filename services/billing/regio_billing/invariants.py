@@ -4,7 +4,12 @@ I1 cached balance = sum of the customer's postings      I2 every journal entry s
 I3 cached held = sum of the account's open holds         I4 balance - held >= 0
 I5 at most one settlement (and one charge) per transaction
 I6 a settlement's charge equals what its journal entry took from the customer
-I7 no settlement charges more than its hold"""
+I7 no settlement charges more than its hold
+I8 paid and promotional credit are separate lots: the lots' remaining amounts sum to the
+   balance and each equals its amount plus its movements; every payment has exactly one paid
+   lot of its amount and at most one bonus lot, of floor(amount * percent / 100) from a
+   promotion it qualified for; every charge, refund and claw-back took from the lots exactly
+   what it took from the customer (refunds from paid lots, claw-backs from bonus lots)"""
 
 from __future__ import annotations
 
@@ -93,6 +98,88 @@ CHECKS: list[tuple[str, str, str]] = [
         WHERE s.charged_nano > h.amount_nano
         """,
         "transaction {0}: charged {1} exceeds its hold {2}",
+    ),
+    (
+        "I8",
+        """
+        SELECT a.account_id, a.balance_nano, coalesce(l.total, 0)
+        FROM billing.accounts a
+        LEFT JOIN (
+            SELECT account_id, sum(remaining_nano) AS total FROM billing.lots GROUP BY account_id
+        ) l USING (account_id)
+        WHERE a.balance_nano <> coalesce(l.total, 0)
+        """,
+        "account {0}: balance {1} != remaining credit of its lots {2}",
+    ),
+    (
+        "I8",
+        """
+        SELECT l.id, l.remaining_nano, l.amount_nano + coalesce(sum(m.amount_nano), 0)
+        FROM billing.lots l LEFT JOIN billing.lot_movements m ON m.lot_id = l.id
+        GROUP BY l.id
+        HAVING l.remaining_nano <> l.amount_nano + coalesce(sum(m.amount_nano), 0)
+        """,
+        "lot {0}: remaining {1} != amount plus movements {2}",
+    ),
+    (
+        "I8",
+        """
+        SELECT p.idempotency_key, count(l.id)
+        FROM billing.payments p
+        LEFT JOIN billing.lots l ON l.payment_id = p.id AND l.kind = 'paid'
+            AND l.amount_nano = p.amount_nano AND l.journal_id = p.journal_id
+            AND l.account_id = p.account_id
+        GROUP BY p.idempotency_key HAVING count(l.id) <> 1
+        """,
+        "payment {0}: {1} matching paid lots (expected exactly 1)",
+    ),
+    (
+        "I8",
+        """
+        SELECT coalesce(j.reference_key, 'lot ' || l.id), coalesce(l.amount_nano, 0),
+               coalesce(c.total, 0)
+        FROM (SELECT id, reference_key FROM billing.journal WHERE kind = 'promotion') j
+        FULL JOIN (SELECT * FROM billing.lots WHERE kind = 'promotional') l
+            ON l.journal_id = j.id
+        LEFT JOIN billing.payments p ON p.id = l.payment_id
+        LEFT JOIN billing.promotions r ON r.id = l.promotion_id
+        LEFT JOIN (
+            SELECT journal_id, sum(amount_nano) AS total FROM billing.postings
+            WHERE starts_with(ledger_account, %(prefix)s) GROUP BY journal_id
+        ) c ON c.journal_id = j.id
+        WHERE j.id IS NULL OR l.id IS NULL
+           OR p.idempotency_key IS DISTINCT FROM j.reference_key
+           OR l.account_id IS DISTINCT FROM p.account_id
+           OR l.amount_nano IS DISTINCT FROM c.total
+           OR l.amount_nano IS DISTINCT FROM p.amount_nano * r.bonus_percent / 100
+           OR p.amount_nano < r.min_payment_nano
+           OR NOT (p.created_at >= r.starts_at AND p.created_at < r.ends_at)
+        """,
+        "bonus of payment {0}: lot of {1}, granted {2}, not one qualifying bonus",
+    ),
+    (
+        "I8",
+        """
+        SELECT j.kind, j.reference_key, coalesce(c.total, 0), coalesce(m.total, 0)
+        FROM billing.journal j
+        LEFT JOIN (
+            SELECT journal_id, sum(amount_nano) AS total FROM billing.postings
+            WHERE starts_with(ledger_account, %(prefix)s) GROUP BY journal_id
+        ) c ON c.journal_id = j.id
+        LEFT JOIN (
+            SELECT m.journal_id, sum(m.amount_nano) AS total,
+                   bool_and(l.kind = 'paid') AS all_paid,
+                   bool_and(l.kind = 'promotional') AS all_promotional
+            FROM billing.lot_movements m JOIN billing.lots l ON l.id = m.lot_id
+            GROUP BY m.journal_id
+        ) m ON m.journal_id = j.id
+        WHERE (j.kind IN ('charge', 'refund', 'clawback')
+               AND coalesce(c.total, 0) <> coalesce(m.total, 0))
+           OR (j.kind IN ('payment', 'promotion') AND m.journal_id IS NOT NULL)
+           OR (j.kind = 'refund' AND NOT m.all_paid)
+           OR (j.kind = 'clawback' AND NOT m.all_promotional)
+        """,
+        "{0} {1}: took {2} from the customer but {3} from the lots",
     ),
 ]
 

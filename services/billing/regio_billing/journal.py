@@ -11,8 +11,10 @@ from psycopg.rows import TupleRow
 CUSTOMER_PREFIX = "customer:"
 REVENUE_ACCOUNT = "revenue"
 PAYMENTS_ACCOUNT = "payments"
+# The counterparty of promotional credit: bonuses granted and bonuses clawed back.
+PROMOTIONS_ACCOUNT = "promotions"
 
-JournalKind = Literal["payment", "charge"]
+JournalKind = Literal["payment", "charge", "promotion", "refund", "clawback"]
 
 
 def customer_ledger_account(account_id: str) -> str:

@@ -1,29 +1,39 @@
 """The ledger: holds, settlement and payments in PostgreSQL, each operation one transaction.
 
-Lock order, to stay free of deadlocks: a hold row before an account row; several account rows
-in account_id order. Reserve locks only its account (the hold it inserts is new)."""
+Lock order, to stay free of deadlocks: a hold row before an account row, an account row before
+its lots; several account rows in account_id order. Reserve locks only its account (the hold it
+inserts is new)."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import datetime
 
 import psycopg
 import structlog
 from psycopg import AsyncConnection
 from psycopg.rows import TupleRow
 
+from regio_billing import lots, promotions
+from regio_billing.balances import read_balance
 from regio_billing.database import BillingPool
 from regio_billing.errors import HoldNotFound, IdempotencyConflict, require
 from regio_billing.invariants import find_violations
 from regio_billing.journal import (
     PAYMENTS_ACCOUNT,
+    PROMOTIONS_ACCOUNT,
     REVENUE_ACCOUNT,
     customer_ledger_account,
     post_entry,
 )
+from regio_billing.price_versions import latest_prices, publish_prices
 from regio_billing.pricing import Prices, hold_amount_nano, settlement_charge
+from regio_billing.promotions import Promotion
+from regio_billing.refunds import refund_payment
 from regio_billing.results import (
     BalanceSnapshot,
+    RefundResult,
     ReserveOutcome,
     ReserveResult,
     SettleResult,
@@ -52,6 +62,17 @@ class Ledger:
         self._pool = pool
         self._catalogue = catalogue
 
+    async def publish_catalogue_prices(self) -> list[str]:
+        """Append a price version for every catalogue route whose price changed (at start)."""
+        return await self.publish_prices(
+            {name: Prices.of_route(route) for name, route in self._catalogue.routes.items()}
+        )
+
+    async def publish_prices(self, prices: Mapping[str, Prices]) -> list[str]:
+        """Append a price version for each route whose latest version differs."""
+        async with self._pool.connection() as conn, conn.transaction():
+            return await publish_prices(conn, prices)
+
     async def reserve(
         self,
         *,
@@ -77,13 +98,17 @@ class Ledger:
         if catalogue_route is None:
             log.info("reserve_unknown_route", route=route)
             return ReserveResult(ReserveOutcome.UNKNOWN_ROUTE, held_nano=0, available_nano=0)
-        prices = Prices.of_route(catalogue_route)
-        amount = hold_amount_nano(max_prompt_tokens, max_completion_tokens, prices)
 
         async with self._pool.connection() as conn:
             existing = await self._existing_hold_result(conn, transaction_id, account_id)
             if existing is not None:
                 return existing
+            prices = await latest_prices(conn, route)
+            if prices is None:
+                # Prices are published at start; a route added since is priced as catalogued.
+                log.warning("route_price_unpublished", route=route)
+                prices = Prices.of_route(catalogue_route)
+            amount = hold_amount_nano(max_prompt_tokens, max_completion_tokens, prices)
             result = await self._try_hold(
                 conn,
                 transaction_id=transaction_id,
@@ -239,6 +264,8 @@ class Ledger:
                 " held_nano = held_nano - %s WHERE account_id = %s",
                 (charge.amount_nano, hold.amount_nano, hold.account_id),
             )
+            if journal_id is not None:
+                await lots.consume(conn, hold.account_id, charge.amount_nano, journal_id)
             await _close_hold(conn, transaction_id, "settled", None)
             await _record_settlement(
                 conn,
@@ -287,20 +314,74 @@ class Ledger:
                 await _check_same_payment(conn, idempotency_key, account_id, amount_nano)
                 log.info("payment_repeated", account_id=account_id)
                 return await _balance(conn, account_id)
-            await conn.execute(
+            cursor = await conn.execute(
                 "INSERT INTO billing.payments"
                 " (idempotency_key, account_id, amount_nano, reference, journal_id)"
-                " VALUES (%s, %s, %s, %s, %s)",
+                " VALUES (%s, %s, %s, %s, %s) RETURNING id",
                 (idempotency_key, account_id, amount_nano, reference, journal_id),
             )
+            payment_row = await cursor.fetchone()
+            assert payment_row is not None
+            payment_id: int = payment_row[0]
+            await lots.open_lot(
+                conn,
+                account_id=account_id,
+                kind="paid",
+                payment_id=payment_id,
+                journal_id=journal_id,
+                amount_nano=amount_nano,
+            )
+            bonus = await _grant_bonus(conn, account_id, payment_id, idempotency_key, amount_nano)
             await conn.execute(
                 "UPDATE billing.accounts SET balance_nano = balance_nano + %s"
                 " WHERE account_id = %s",
-                (amount_nano, account_id),
+                (amount_nano + bonus, account_id),
             )
             balance = await _balance(conn, account_id)
-        log.info("payment_recorded", account_id=account_id, amount_nano=amount_nano)
+        log.info(
+            "payment_recorded", account_id=account_id, amount_nano=amount_nano, bonus_nano=bonus
+        )
         return balance
+
+    async def refund_payment(self, idempotency_key: str) -> RefundResult:
+        """Return the unused paid part of a payment and claw back its unused bonus, never more
+        than is available. Idempotent: a repeat answers the first refund."""
+        require(bool(idempotency_key), "idempotency_key is required", "idempotency_key")
+        async with self._pool.connection() as conn, conn.transaction():
+            result = await refund_payment(conn, idempotency_key)
+        log.info(
+            "payment_refunded",
+            account_id=result.account_id,
+            refunded_nano=result.refunded_nano,
+            clawed_back_nano=result.clawed_back_nano,
+            already_refunded=result.already_refunded,
+        )
+        return result
+
+    async def create_promotion(
+        self,
+        *,
+        name: str,
+        min_payment_nano: int,
+        bonus_percent: int,
+        starts_at: datetime,
+        ends_at: datetime,
+    ) -> Promotion:
+        async with self._pool.connection() as conn:
+            promotion = await promotions.create_promotion(
+                conn,
+                name=name,
+                min_payment_nano=min_payment_nano,
+                bonus_percent=bonus_percent,
+                starts_at=starts_at,
+                ends_at=ends_at,
+            )
+        log.info("promotion_created", promotion=promotion.name, promotion_id=promotion.id)
+        return promotion
+
+    async def list_promotions(self) -> list[Promotion]:
+        async with self._pool.connection() as conn:
+            return await promotions.list_promotions(conn)
 
     async def get_balance(self, account_id: str) -> BalanceSnapshot:
         """Balance, held and available; zeros for an account billing has never seen."""
@@ -443,6 +524,39 @@ async def _record_settlement(
     )
 
 
+async def _grant_bonus(
+    conn: Connection, account_id: str, payment_id: int, payment_key: str, amount_nano: int
+) -> int:
+    """Open the promotional lot a new payment earns; returns the bonus (0 when none).
+    The entry's reference key is the payment's key: one bonus per payment, even replayed."""
+    promotion = await promotions.promotion_for_payment(conn, amount_nano)
+    if promotion is None:
+        return 0
+    bonus = promotions.bonus_nano(amount_nano, promotion.bonus_percent)
+    if bonus == 0:
+        return 0
+    journal_id = await post_entry(
+        conn,
+        kind="promotion",
+        reference_key=payment_key,
+        memo=promotion.name,
+        postings=[(PROMOTIONS_ACCOUNT, -bonus), (customer_ledger_account(account_id), bonus)],
+    )
+    if journal_id is None:
+        raise RuntimeError(f"payment {payment_key} already earned a bonus")
+    await lots.open_lot(
+        conn,
+        account_id=account_id,
+        kind="promotional",
+        payment_id=payment_id,
+        journal_id=journal_id,
+        amount_nano=bonus,
+        promotion_id=promotion.id,
+    )
+    log.info("promotion_granted", promotion=promotion.name, bonus_nano=bonus)
+    return bonus
+
+
 async def _check_same_payment(
     conn: Connection, idempotency_key: str, account_id: str, amount_nano: int
 ) -> None:
@@ -458,11 +572,4 @@ async def _check_same_payment(
 
 
 async def _balance(conn: Connection, account_id: str) -> BalanceSnapshot:
-    cursor = await conn.execute(
-        "SELECT balance_nano, held_nano FROM billing.accounts WHERE account_id = %s",
-        (account_id,),
-    )
-    row = await cursor.fetchone()
-    if row is None:
-        return BalanceSnapshot(account_id=account_id, balance_nano=0, held_nano=0)
-    return BalanceSnapshot(account_id=account_id, balance_nano=row[0], held_nano=row[1])
+    return await read_balance(conn, account_id)

@@ -35,3 +35,14 @@ class BalanceSnapshot:
     @property
     def available_nano(self) -> int:
         return self.balance_nano - self.held_nano
+
+
+@dataclass(frozen=True)
+class RefundResult:
+    payment_key: str
+    account_id: str
+    # The unused paid part returned, and the unused bonus of the payment taken back.
+    refunded_nano: int
+    clawed_back_nano: int
+    already_refunded: bool
+    balance: BalanceSnapshot

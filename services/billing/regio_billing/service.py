@@ -3,10 +3,15 @@ Errors are mapped to status codes by interceptors.DomainErrorInterceptor."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
+from google.protobuf.timestamp_pb2 import Timestamp
+
 from regio.billing.v1 import billing_pb2, billing_pb2_grpc
+from regio_billing.errors import require
 from regio_billing.ledger import Ledger
+from regio_billing.promotions import Promotion
 from regio_billing.results import BalanceSnapshot, ReserveOutcome
 
 OUTCOME_TO_PROTO = {
@@ -22,6 +27,23 @@ def balance_message(snapshot: BalanceSnapshot) -> billing_pb2.Balance:
         balance_nano=snapshot.balance_nano,
         held_nano=snapshot.held_nano,
         available_nano=snapshot.available_nano,
+    )
+
+
+def _timestamp(value: datetime) -> Timestamp:
+    stamp = Timestamp()
+    stamp.FromDatetime(value)
+    return stamp
+
+
+def promotion_message(promotion: Promotion) -> billing_pb2.Promotion:
+    return billing_pb2.Promotion(
+        id=promotion.id,
+        name=promotion.name,
+        min_payment_nano=promotion.min_payment_nano,
+        bonus_percent=promotion.bonus_percent,
+        starts_at=_timestamp(promotion.starts_at),
+        ends_at=_timestamp(promotion.ends_at),
     )
 
 
@@ -78,3 +100,36 @@ class BillingService(billing_pb2_grpc.BillingServicer):
             request.account_id, request.amount_nano, request.idempotency_key, request.reference
         )
         return balance_message(snapshot)
+
+    async def RefundPayment(
+        self, request: billing_pb2.RefundPaymentRequest, context: Any
+    ) -> billing_pb2.RefundPaymentResponse:
+        result = await self._ledger.refund_payment(request.idempotency_key)
+        return billing_pb2.RefundPaymentResponse(
+            refunded_nano=result.refunded_nano,
+            clawed_back_nano=result.clawed_back_nano,
+            already_refunded=result.already_refunded,
+            balance=balance_message(result.balance),
+        )
+
+    async def CreatePromotion(
+        self, request: billing_pb2.CreatePromotionRequest, context: Any
+    ) -> billing_pb2.Promotion:
+        require(request.HasField("starts_at"), "starts_at is required", "starts_at")
+        require(request.HasField("ends_at"), "ends_at is required", "ends_at")
+        promotion = await self._ledger.create_promotion(
+            name=request.name,
+            min_payment_nano=request.min_payment_nano,
+            bonus_percent=request.bonus_percent,
+            starts_at=request.starts_at.ToDatetime(tzinfo=UTC),
+            ends_at=request.ends_at.ToDatetime(tzinfo=UTC),
+        )
+        return promotion_message(promotion)
+
+    async def ListPromotions(
+        self, request: billing_pb2.ListPromotionsRequest, context: Any
+    ) -> billing_pb2.ListPromotionsResponse:
+        promotions = await self._ledger.list_promotions()
+        return billing_pb2.ListPromotionsResponse(
+            promotions=[promotion_message(promotion) for promotion in promotions]
+        )

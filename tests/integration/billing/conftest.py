@@ -45,7 +45,9 @@ async def ledger(fresh_database_url: str) -> AsyncIterator[Ledger]:
     await migrate(fresh_database_url)
     pool = await open_pool(fresh_database_url, max_size=4)
     try:
-        yield Ledger(pool, Catalogue.load(BillingSettings().catalogue_path))
+        ledger = Ledger(pool, Catalogue.load(BillingSettings().catalogue_path))
+        await ledger.publish_catalogue_prices()
+        yield ledger
     finally:
         await pool.close()
 
