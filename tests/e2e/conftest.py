@@ -31,6 +31,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             gateway_port=free_port(),
             dashboard_port=free_port(),
             billing_port=free_port(),
+            gateway_metrics_port=free_port(),
         ),
         say=lambda message: None,
     )

@@ -27,6 +27,7 @@ Regio is running.
                         label of the host name; nl.localhost likewise)
   API key:              {api_key}
   Dashboard API:        {stack.dashboard_url}  (admin token in {stack.config.data_dir}/admin-token)
+  Metrics (Prometheus): http://127.0.0.1:{stack.config.gateway_metrics_port}/metrics
   Logs:                 {stack.logs_dir}
 
 Try it:
@@ -57,6 +58,7 @@ def main() -> int:
             gateway_port=settings.gateway_port,
             dashboard_port=settings.dashboard_port,
             billing_port=settings.billing_port,
+            gateway_metrics_port=settings.gateway_metrics_port,
             nats_url=settings.nats_url,
             database_url=settings.database_url,
             worker_country=settings.worker_country,

@@ -20,6 +20,9 @@ class DevstackSettings(CatalogueSettings, RegioSettings):
         None, description="make run: use this PostgreSQL instead of starting one."
     )
     gateway_port: int = Field(8080, description="Port the gateway listens on.")
+    gateway_metrics_port: int = Field(
+        9464, description="Port of the Prometheus `/metrics` endpoint (0: not served)."
+    )
     dashboard_port: int = Field(8081, description="Port the dashboard API listens on.")
     billing_port: int = Field(50051, description="make run: port of the billing gRPC service.")
     worker_country: str = Field("de", description="make run: country of the local workers.")

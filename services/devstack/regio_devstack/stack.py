@@ -31,6 +31,7 @@ class StackConfig:
     gateway_port: int
     dashboard_port: int
     billing_port: int
+    gateway_metrics_port: int = 0  # 0: the gateway serves no /metrics
     nats_url: str | None = None  # an existing server; None starts one
     database_url: str | None = None  # an existing server; None starts one
     models_dir: Path | None = None  # default: <data_dir>/models
@@ -99,6 +100,7 @@ class Stack:
             "REGIO_BILLING_ADDRESS": self.billing_address,
             "REGIO_BILLING_LISTEN_ADDRESS": self.billing_address,
             "REGIO_GATEWAY_PORT": str(self.config.gateway_port),
+            "REGIO_GATEWAY_METRICS_PORT": str(self.config.gateway_metrics_port),
             "REGIO_DASHBOARD_PORT": str(self.config.dashboard_port),
             "REGIO_ADMIN_TOKEN": self.admin_token,
             "REGIO_MODELS_DIR": str(self.models_dir),

@@ -20,7 +20,19 @@ async def serve(settings: GatewaySettings) -> None:
     await runner.setup()
     site = web.TCPSite(runner, settings.gateway_host, settings.gateway_port)
     await site.start()
-    log.info("gateway_ready", host=settings.gateway_host, port=settings.gateway_port)
+    metrics_runner = web.AppRunner(state.metrics.scrape_app(), access_log=None)
+    if settings.gateway_metrics_port:
+        await metrics_runner.setup()
+        metrics_site = web.TCPSite(
+            metrics_runner, settings.gateway_host, settings.gateway_metrics_port
+        )
+        await metrics_site.start()
+    log.info(
+        "gateway_ready",
+        host=settings.gateway_host,
+        port=settings.gateway_port,
+        metrics_port=settings.gateway_metrics_port,
+    )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -28,6 +40,7 @@ async def serve(settings: GatewaySettings) -> None:
     await stop.wait()
     log.info("gateway_stopping")
     await runner.cleanup()  # stops listening, lets in-flight requests finish
+    await metrics_runner.cleanup()
     await close_state(state)
 
 

@@ -17,6 +17,7 @@ from regio_gateway.config_store import ConfigStore
 from regio_gateway.dispatch import Dispatcher
 from regio_gateway.handlers.chat_completions import create_chat_completion
 from regio_gateway.handlers.models import health, list_models
+from regio_gateway.metrics import GatewayMetrics
 from regio_gateway.settings import GatewaySettings
 from regio_gateway.state import STATE_KEY, GatewayState
 from regio_gateway.worker_registry import WorkerRegistry
@@ -52,6 +53,7 @@ async def build_state(settings: GatewaySettings) -> GatewayState:
             first_chunk_timeout=settings.first_token_timeout_seconds,
             inter_chunk_timeout=settings.inter_chunk_timeout_seconds,
         ),
+        metrics=GatewayMetrics(),
     )
 
 
@@ -65,7 +67,10 @@ def build_app(state: GatewayState) -> web.Application:
     # The body limit is enforced by the handler (to answer with the envelope and a param);
     # aiohttp's own limit stays above it as a backstop.
     app = web.Application(
-        middlewares=[transaction_middleware], client_max_size=state.settings.max_body_bytes * 2
+        # Metrics outermost, so that they count the error responses the transaction middleware
+        # renders.
+        middlewares=[state.metrics.middleware(), transaction_middleware],
+        client_max_size=state.settings.max_body_bytes * 2,
     )
     app[STATE_KEY] = state
     app.router.add_post("/v1/chat/completions", create_chat_completion)

@@ -15,6 +15,9 @@ from regio_common.settings import (
 class GatewaySettings(LoggingSettings, NatsSettings, CatalogueSettings, BillingClientSettings):
     gateway_host: str = Field("127.0.0.1", description="Address the gateway listens on.")
     gateway_port: int = Field(8080, description="Port the gateway listens on.")
+    gateway_metrics_port: int = Field(
+        9464, description="Port of the Prometheus `/metrics` endpoint (0: not served)."
+    )
     default_region: str = Field(
         "eu", description="Region of requests whose Host does not start with a known region."
     )

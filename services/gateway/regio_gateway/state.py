@@ -11,6 +11,7 @@ from regio_common.catalogue import Catalogue
 from regio_gateway.billing_client import BillingClient
 from regio_gateway.config_store import ConfigStore
 from regio_gateway.dispatch import Dispatcher
+from regio_gateway.metrics import GatewayMetrics
 from regio_gateway.settings import GatewaySettings
 from regio_gateway.worker_registry import WorkerRegistry
 
@@ -24,6 +25,7 @@ class GatewayState:
     workers: WorkerRegistry
     billing: BillingClient
     dispatcher: Dispatcher
+    metrics: GatewayMetrics
 
 
 STATE_KEY = web.AppKey("gateway_state", GatewayState)

@@ -48,6 +48,7 @@ COUNTRY_HEADER = "x-regio-country"
 
 
 async def create_chat_completion(request: web.Request) -> web.StreamResponse:
+    arrived = time.perf_counter()
     state = request.app[STATE_KEY]
     key = authenticate(request, state.config)
     structlog.contextvars.bind_contextvars(account_id=key.account_id)
@@ -63,8 +64,8 @@ async def create_chat_completion(request: web.Request) -> web.StreamResponse:
     log.info("dispatched", route=route.name, region=region, country=stream.country)
     try:
         if body.stream:
-            return await _stream_answer(request, state, body, route.name, stream)
-        return await _json_answer(route.name, stream)
+            return await _stream_answer(request, state, body, route.name, stream, arrived)
+        return await _json_answer(state, route.name, stream, arrived)
     except UpstreamTimeout:
         # The worker went silent (likely gone): its usage record may never come.
         await state.billing.release(transaction_id, "worker silent")
@@ -141,17 +142,32 @@ def _completion_id(stream: WorkerStream) -> str:
     return f"chatcmpl-{stream.transaction_id}"
 
 
-async def _json_answer(model: str, stream: WorkerStream) -> web.Response:
+def _observe_first_text(
+    state: GatewayState, model: str, chunk: inference_pb2.InferenceChunk, arrived: float | None
+) -> float | None:
+    """Records the time to first token once; returns None after it did."""
+    if arrived is not None and (chunk.text_delta or chunk.reasoning_delta):
+        state.metrics.first_token_seconds.labels(model).observe(time.perf_counter() - arrived)
+        return None
+    return arrived
+
+
+async def _json_answer(
+    state: GatewayState, model: str, stream: WorkerStream, arrived: float
+) -> web.Response:
+    waiting_for_first: float | None = arrived
     text: list[str] = []
     reasoning: list[str] = []
     final: inference_pb2.InferenceChunk | None = None
     async for chunk in stream.chunks():
+        waiting_for_first = _observe_first_text(state, model, chunk, waiting_for_first)
         text.append(chunk.text_delta)
         reasoning.append(chunk.reasoning_delta)
         if chunk.kind == inference_pb2.CHUNK_KIND_FINAL:
             final = chunk
     if final is None or final.finish_reason == inference_pb2.FINISH_REASON_ERROR:
         raise _worker_failure(final)
+    state.metrics.observe_usage(model, final.usage.prompt_tokens, final.usage.completion_tokens)
     completion = ChatCompletion(
         id=_completion_id(stream),
         model=model,
@@ -191,6 +207,7 @@ async def _stream_answer(
     body: ChatCompletionRequest,
     model: str,
     stream: WorkerStream,
+    arrived: float,
 ) -> web.StreamResponse:
     response = web.StreamResponse(
         headers={
@@ -217,7 +234,9 @@ async def _stream_answer(
 
     await response.write(chunk_json(ChoiceDelta(role="assistant", content="")))
     try:
+        waiting_for_first: float | None = arrived
         async for chunk in stream.chunks():
+            waiting_for_first = _observe_first_text(state, model, chunk, waiting_for_first)
             if chunk.kind == inference_pb2.CHUNK_KIND_DELTA:
                 if chunk.text_delta or chunk.reasoning_delta:
                     delta = ChoiceDelta(
@@ -228,6 +247,9 @@ async def _stream_answer(
                 continue
             if chunk.finish_reason == inference_pb2.FINISH_REASON_ERROR:
                 raise _worker_failure(chunk)
+            state.metrics.observe_usage(
+                model, chunk.usage.prompt_tokens, chunk.usage.completion_tokens
+            )
             await response.write(
                 chunk_json(ChoiceDelta(), FINISH_REASONS.get(chunk.finish_reason, "stop"))
             )
