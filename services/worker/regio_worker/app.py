@@ -45,6 +45,8 @@ def build_engine(settings: WorkerSettings, route: Route) -> Engine:
     """Blocking: may assemble the model file and loads the model."""
     if settings.worker_engine == "scripted":
         return ScriptedEngine(delay_seconds=SCRIPTED_PIECE_DELAY_SECONDS)
+    if settings.worker_engine == "openai_proxy":
+        return build_openai_proxy_engine(settings)
     # Imported here: a scripted worker needs no llama.cpp library.
     from regio_worker.engine.llama_cpp import LlamaCppEngine
 
@@ -57,6 +59,28 @@ def build_engine(settings: WorkerSettings, route: Route) -> Engine:
         n_ctx=n_ctx,
         n_threads=settings.worker_threads,
         n_gpu_layers=settings.worker_n_gpu_layers,
+    )
+
+
+def build_openai_proxy_engine(settings: WorkerSettings) -> Engine:
+    # Imported here: only this engine needs aiohttp.
+    from regio_worker.engine.openai_proxy import OpenAIProxyEngine
+
+    if not settings.upstream_base_url:  # settings validation already requires it
+        raise StartupError("REGIO_UPSTREAM_BASE_URL is required with the openai_proxy engine.")
+    api_key = settings.upstream_api_key
+    log.info(
+        "upstream_configured",
+        model=settings.upstream_model,
+        slots=settings.upstream_max_concurrency,
+        api_key=api_key is not None,
+    )
+    return OpenAIProxyEngine(
+        settings.upstream_base_url,
+        api_key=api_key.get_secret_value() if api_key is not None else None,
+        model=settings.upstream_model,
+        max_concurrency=settings.upstream_max_concurrency,
+        timeout_seconds=settings.upstream_timeout_seconds,
     )
 
 

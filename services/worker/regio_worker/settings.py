@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, SecretStr, model_validator
 
 from regio_common.ids import new_worker_id
 from regio_common.settings import (
@@ -16,7 +16,7 @@ from regio_common.settings import (
     NatsSettings,
 )
 
-EngineName = Literal["llama_cpp", "scripted"]
+EngineName = Literal["llama_cpp", "scripted", "openai_proxy"]
 
 
 def _cpu_count() -> int:
@@ -64,14 +64,47 @@ class WorkerSettings(LoggingSettings, NatsSettings, CatalogueSettings):
     )
     worker_engine: EngineName = Field(
         "llama_cpp",
-        description="`llama_cpp` runs the route's model; `scripted` answers with fixed text "
-        "(tests of the serving path only).",
+        description="`llama_cpp` runs the route's model; `openai_proxy` fronts an "
+        "OpenAI-compatible server in the region (REGIO_UPSTREAM_*); `scripted` answers with "
+        "fixed text (tests of the serving path only).",
+    )
+    upstream_base_url: str | None = Field(
+        None,
+        pattern=r"^https?://",
+        description="openai_proxy: base URL of the upstream OpenAI-compatible API, e.g. "
+        "`http://127.0.0.1:8000/v1` (required with that engine).",
+    )
+    upstream_api_key: SecretStr | None = Field(
+        None, description="openai_proxy: bearer token for the upstream, if it needs one."
+    )
+    upstream_model: str | None = Field(
+        None,
+        description="openai_proxy: model name sent upstream (default: none sent; llama-server "
+        "and vLLM then use the model they serve).",
+    )
+    upstream_max_concurrency: int = Field(
+        4,
+        gt=0,
+        description="openai_proxy: generations sent upstream at the same time (the worker's "
+        "slots); match the upstream's parallel slots / batch size.",
+    )
+    upstream_timeout_seconds: float = Field(
+        60.0,
+        gt=0,
+        description="openai_proxy: seconds allowed to connect, and between two reads of the "
+        "upstream's answer (not for the whole generation).",
     )
 
     @model_validator(mode="after")
     def _default_worker_id(self) -> WorkerSettings:
         if not self.worker_id:
             self.worker_id = new_worker_id(self.worker_country, self.worker_route)
+        return self
+
+    @model_validator(mode="after")
+    def _upstream_needed_by_proxy(self) -> WorkerSettings:
+        if self.worker_engine == "openai_proxy" and not self.upstream_base_url:
+            raise ValueError("REGIO_UPSTREAM_BASE_URL is required with the openai_proxy engine")
         return self
 
     @property

@@ -39,7 +39,7 @@ FORBIDDEN: dict[str, tuple[str, ...]] = {
     "gateway": ("llama-cpp-python", "psycopg", "gemma3"),
     "dashboard": ("llama-cpp-python", "gemma3"),
     "billing": ("llama-cpp-python", "aiohttp", "gemma3"),
-    "worker": ("psycopg", "aiohttp"),
+    "worker": ("psycopg",),  # aiohttp: the engine that fronts an OpenAI-compatible server
 }
 
 

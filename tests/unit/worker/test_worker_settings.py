@@ -69,3 +69,42 @@ def test_every_field_is_documented() -> None:
         name for name, field in WorkerSettings.model_fields.items() if not field.description
     ]
     assert undocumented == []
+
+
+def test_openai_proxy_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("REGIO_WORKER_ENGINE", "openai_proxy")
+    monkeypatch.setenv("REGIO_UPSTREAM_BASE_URL", "http://127.0.0.1:8000/v1")
+    monkeypatch.setenv("REGIO_UPSTREAM_API_KEY", "sk-upstream")
+    monkeypatch.setenv("REGIO_UPSTREAM_MODEL", "qwen")
+    monkeypatch.setenv("REGIO_UPSTREAM_MAX_CONCURRENCY", "8")
+    monkeypatch.setenv("REGIO_UPSTREAM_TIMEOUT_SECONDS", "2.5")
+    settings = WorkerSettings()
+    assert settings.upstream_base_url == "http://127.0.0.1:8000/v1"
+    assert settings.upstream_api_key is not None
+    assert settings.upstream_api_key.get_secret_value() == "sk-upstream"
+    assert "sk-upstream" not in repr(settings)
+    assert (settings.upstream_model, settings.upstream_max_concurrency) == ("qwen", 8)
+    assert settings.upstream_timeout_seconds == 2.5
+
+
+def test_openai_proxy_needs_an_upstream_url(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("REGIO_WORKER_ENGINE", "openai_proxy")
+    with pytest.raises(ValidationError):
+        WorkerSettings()
+    monkeypatch.setenv("REGIO_UPSTREAM_BASE_URL", "127.0.0.1:8000")  # no scheme
+    with pytest.raises(ValidationError):
+        WorkerSettings()
+
+
+def test_build_engine_makes_the_proxy_without_io(monkeypatch: pytest.MonkeyPatch) -> None:
+    from regio_common.catalogue import Catalogue
+    from regio_common.settings import DEFAULT_CATALOGUE
+    from regio_worker.app import build_engine
+    from regio_worker.engine.openai_proxy import OpenAIProxyEngine
+
+    monkeypatch.setenv("REGIO_WORKER_ENGINE", "openai_proxy")
+    monkeypatch.setenv("REGIO_UPSTREAM_BASE_URL", "http://127.0.0.1:9/v1")
+    monkeypatch.setenv("REGIO_UPSTREAM_MAX_CONCURRENCY", "3")
+    engine = build_engine(WorkerSettings(), Catalogue.load(DEFAULT_CATALOGUE).routes["liv"])
+    assert isinstance(engine, OpenAIProxyEngine)
+    assert engine.slots_total == 3

@@ -1,0 +1,523 @@
+"""The engine that fronts an OpenAI-compatible server already running in the region (llama.cpp's
+`llama-server`, vLLM, ...): every generation is one streamed POST `/chat/completions` on a
+shared aiohttp session (connection pooling).
+
+Usage comes from the upstream's usage chunk (`stream_options.include_usage`). The upstream
+cannot say how many of its prompt tokens were the free system prompt, and one more upstream
+call without it would double the prompt work, so the free prompt is never billed by
+subtracting an **upper bound** of its tokens (see `free_prompt_bound`):
+
+- the upstream's `/tokenize` (llama-server and vLLM serve it next to `/v1`) counts the free
+  prompt's text, cached per text; if it has no `/tokenize`, the free prompt's UTF-8 byte count
+  stands in (a byte-level BPE or byte-fallback token covers at least one byte);
+- plus `SYSTEM_MESSAGE_OVERHEAD_TOKENS` for the system turn's role markers around it;
+- capped at the upstream's prompt_tokens. Billable prompt tokens = upstream prompt_tokens - that
+  bound; cached_tokens likewise (the free prompt comes first, so a reused prefix covers it first).
+
+Without a usage chunk (cancelled, or the stream broke), prompt tokens are unknown and billed as
+0, completion tokens as the number of text deltas received (each holds at least one token)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections import OrderedDict
+from collections.abc import AsyncGenerator, Awaitable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import aiohttp
+import structlog
+
+from regio_common.errors import CONTEXT_LENGTH_EXCEEDED, GENERATION_FAILED
+from regio_worker.engine.base import (
+    Engine,
+    FinishReason,
+    GenerationEvent,
+    GenerationFinished,
+    GenerationRequest,
+    TextDelta,
+    Usage,
+)
+
+log = structlog.get_logger()
+
+SYSTEM_MESSAGE_OVERHEAD_TOKENS = 8  # role markers of a chat template's system turn, generous
+FREE_PROMPT_CACHE_SIZE = 256  # distinct free prompts whose token counts are remembered
+TOKENIZE_TIMEOUT_SECONDS = 5.0
+ERROR_BODY_LIMIT = 64 * 1024  # bytes of an upstream error body read for classification
+READ_BUFFER_BYTES = 1 << 20  # longest SSE line accepted
+DONE = "[DONE]"
+
+# Upstream finish reasons that end a generation normally; everything else but "length" is STOP.
+_LENGTH_REASONS = frozenset({"length", "max_tokens"})
+_CONTEXT_LENGTH_MARKERS = (
+    "context_length_exceeded",  # OpenAI's code
+    "exceed_context_size",  # llama-server's error type
+    "context length",  # vLLM: "This model's maximum context length is ..."
+    "context size",
+    "context window",
+    "maximum context",
+    "too many tokens",
+    "prompt is too long",
+)
+
+MESSAGE_CONTEXT_LENGTH = (
+    "The prompt and max_tokens do not fit the model's context; shorten the messages or lower "
+    "max_tokens."
+)
+MESSAGE_UNREACHABLE = "The model server is unreachable."
+MESSAGE_TIMEOUT = "The model server did not answer in time."
+MESSAGE_BROKEN_STREAM = "The model server ended the answer unexpectedly."
+MESSAGE_BAD_STREAM = "The model server sent an answer that could not be read."
+
+_T = TypeVar("_T")
+
+
+class UpstreamError(Exception):
+    """The upstream refused or failed the request; `message` is safe to show the client."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+# --- pure mapping (unit-tested) -----------------------------------------------------------------
+
+
+def chat_completion_body(request: GenerationRequest, model: str | None) -> dict[str, Any]:
+    """The upstream request: the free system prompt first as its own system message."""
+    messages: list[dict[str, str]] = []
+    if request.free_system_prompt:
+        messages.append({"role": "system", "content": request.free_system_prompt})
+    for message in request.messages:
+        # Chat templates of open models know no "developer" role; OpenAI treats it as system.
+        role = "system" if message.role == "developer" else message.role
+        messages.append({"role": role, "content": message.content})
+    body: dict[str, Any] = {
+        "messages": messages,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    if model:
+        body["model"] = model
+    optional: dict[str, object] = {
+        "max_tokens": request.max_tokens,
+        "temperature": request.temperature,
+        "top_p": request.top_p,
+        "seed": request.seed,
+        "presence_penalty": request.presence_penalty,
+        "frequency_penalty": request.frequency_penalty,
+    }
+    body.update({name: value for name, value in optional.items() if value is not None})
+    if request.stop:
+        body["stop"] = list(request.stop)
+    return body
+
+
+@dataclass(frozen=True)
+class SseEvent:
+    event: str  # "message" unless the server named it ("error": llama-server's error lines)
+    data: str
+
+
+class SseDecoder:
+    """Server-sent events from lines (without their line ends). Also accepts llama-server's
+    non-standard `error: {...}` field as an event named "error"."""
+
+    def __init__(self) -> None:
+        self._event = ""
+        self._data: list[str] = []
+
+    def feed(self, line: str) -> SseEvent | None:
+        if not line:
+            return self._dispatch()
+        if line.startswith(":"):
+            return None  # comment / keep-alive
+        name, _, value = line.partition(":")
+        value = value.removeprefix(" ")
+        if name == "data":
+            self._data.append(value)
+        elif name == "event":
+            self._event = value
+        elif name == "error":
+            self._event = "error"
+            self._data.append(value)
+        return None  # id, retry and unknown fields are ignored
+
+    def flush(self) -> SseEvent | None:
+        """At the end of the stream: an event not closed by a blank line."""
+        return self._dispatch()
+
+    def _dispatch(self) -> SseEvent | None:
+        event, data = self._event or "message", self._data
+        self._event, self._data = "", []
+        if not data:
+            return None
+        return SseEvent(event, "\n".join(data))
+
+
+@dataclass(frozen=True)
+class UpstreamUsage:
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int = 0
+
+
+@dataclass(frozen=True)
+class StreamChunk:
+    text: str = ""
+    finish_reason: str | None = None
+    usage: UpstreamUsage | None = None
+    done: bool = False
+
+
+def parse_event(event: SseEvent) -> StreamChunk:
+    """One SSE event of a chat completion stream; raises UpstreamError for error events."""
+    if event.data.strip() == DONE:
+        return StreamChunk(done=True)
+    try:
+        payload = json.loads(event.data)
+    except ValueError:
+        raise UpstreamError(GENERATION_FAILED, MESSAGE_BAD_STREAM) from None
+    if not isinstance(payload, dict):
+        raise UpstreamError(GENERATION_FAILED, MESSAGE_BAD_STREAM)
+    if event.event == "error" or "error" in payload:
+        raise upstream_error(None, json.dumps(payload.get("error", payload)))
+    text, finish_reason = "", None
+    choices = payload.get("choices") or []
+    if isinstance(choices, list) and choices and isinstance(choices[0], dict):
+        choice = choices[0]
+        delta = choice.get("delta")
+        if isinstance(delta, dict) and isinstance(delta.get("content"), str):
+            text = delta["content"]
+        if isinstance(choice.get("finish_reason"), str):
+            finish_reason = choice["finish_reason"]
+    return StreamChunk(text, finish_reason, parse_usage(payload.get("usage")))
+
+
+def parse_usage(raw: object) -> UpstreamUsage | None:
+    if not isinstance(raw, dict):
+        return None
+    prompt, completion = raw.get("prompt_tokens"), raw.get("completion_tokens")
+    if not isinstance(prompt, int) or not isinstance(completion, int):
+        return None
+    details = raw.get("prompt_tokens_details")
+    cached = details.get("cached_tokens") if isinstance(details, dict) else None
+    return UpstreamUsage(prompt, completion, cached if isinstance(cached, int) else 0)
+
+
+def map_finish_reason(upstream: str) -> FinishReason:
+    return FinishReason.LENGTH if upstream in _LENGTH_REASONS else FinishReason.STOP
+
+
+def is_context_length_error(text: str) -> bool:
+    lowered = text.lower()
+    return any(marker in lowered for marker in _CONTEXT_LENGTH_MARKERS)
+
+
+def upstream_error(status: int | None, body: str) -> UpstreamError:
+    """The client's view of an upstream error (HTTP status or an error event in the stream):
+    a context-length complaint, or a generic failure. Never the upstream's own text."""
+    if (status is None or 400 <= status < 500) and is_context_length_error(body):
+        return UpstreamError(CONTEXT_LENGTH_EXCEEDED, MESSAGE_CONTEXT_LENGTH)
+    where = f" (HTTP {status})" if status is not None else ""
+    return UpstreamError(GENERATION_FAILED, f"The model server failed{where}.")
+
+
+def free_prompt_byte_bound(text: str) -> int:
+    """Tokens the free prompt's text can have at most without a tokenizer."""
+    return len(text.encode("utf-8"))
+
+
+def settle_usage(
+    upstream: UpstreamUsage | None, free_text_tokens: int, has_free_prompt: bool, deltas: int
+) -> Usage:
+    """Our usage from the upstream's (module docstring): the free prompt's upper bound is
+    subtracted from the prompt and cached tokens, never more than there are."""
+    if upstream is None:
+        return Usage(completion_tokens=deltas)
+    bound = free_text_tokens + SYSTEM_MESSAGE_OVERHEAD_TOKENS if has_free_prompt else 0
+    free = min(bound, max(upstream.prompt_tokens, 0))
+    prompt = max(upstream.prompt_tokens, 0) - free
+    cached = min(max(upstream.cached_tokens - free, 0), prompt)
+    return Usage(
+        prompt_tokens=prompt,
+        completion_tokens=max(upstream.completion_tokens, 0),
+        free_prompt_tokens=free,
+        cached_tokens=cached,
+    )
+
+
+def tokenize_url(base_url: str) -> str:
+    """llama-server and vLLM serve /tokenize at the root, beside /v1."""
+    root = base_url.rstrip("/")
+    root = root.removesuffix("/v1")
+    return f"{root}/tokenize"
+
+
+# --- the engine ---------------------------------------------------------------------------------
+
+
+@dataclass
+class _Call:
+    aborted: asyncio.Event = field(default_factory=asyncio.Event)
+    response: aiohttp.ClientResponse | None = None
+
+
+@dataclass
+class _Progress:
+    deltas: int = 0
+    usage: UpstreamUsage | None = None
+    finish_reason: str | None = None
+
+
+class _Cancelled(Exception):
+    """The call was aborted."""
+
+
+class OpenAIProxyEngine(Engine):
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        api_key: str | None = None,
+        model: str | None = None,
+        max_concurrency: int = 4,
+        timeout_seconds: float = 60.0,
+    ) -> None:
+        """No I/O here: the HTTP session is made on first use, inside the event loop."""
+        self._chat_url = f"{base_url.rstrip('/')}/chat/completions"
+        self._tokenize_url = tokenize_url(base_url)
+        self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._model = model
+        self._slots = max_concurrency
+        self._timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=timeout_seconds, sock_read=timeout_seconds
+        )
+        self._session: aiohttp.ClientSession | None = None
+        self._calls: dict[str, _Call] = {}
+        self._free_prompt_tokens: OrderedDict[str, int] = OrderedDict()
+        self._tokenize_available = True
+        self._closed = False
+
+    @property
+    def slots_total(self) -> int:
+        return self._slots
+
+    def _http(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            # Generations plus their /tokenize calls; connections are kept alive between calls.
+            connector = aiohttp.TCPConnector(limit=2 * self._slots)
+            self._session = aiohttp.ClientSession(
+                connector=connector,
+                headers=self._headers,
+                timeout=self._timeout,
+                read_bufsize=READ_BUFFER_BYTES,
+                raise_for_status=False,
+            )
+        return self._session
+
+    async def generate(self, request: GenerationRequest) -> AsyncGenerator[GenerationEvent, None]:
+        call = _Call()
+        self._calls[request.transaction_id] = call
+        if self._closed:
+            call.aborted.set()
+        progress = _Progress()
+        free_count: asyncio.Task[int] | None = None
+        if request.free_system_prompt:
+            free_count = asyncio.create_task(self.free_prompt_bound(request.free_system_prompt))
+        try:
+            try:
+                async with contextlib.aclosing(self._stream(request, call, progress)) as pieces:
+                    async for text in pieces:
+                        progress.deltas += 1
+                        yield TextDelta(text)
+            except _Cancelled:
+                usage = await self._usage(progress, request, free_count)
+                yield GenerationFinished(FinishReason.CANCELLED, usage)
+                return
+            except UpstreamError as error:
+                usage = await self._usage(progress, request, free_count)
+                yield GenerationFinished(FinishReason.ERROR, usage, error.message, error.code)
+                return
+            if progress.finish_reason is None:
+                log.warning("upstream_stream_ended_early", deltas=progress.deltas)
+                usage = await self._usage(progress, request, free_count)
+                yield GenerationFinished(
+                    FinishReason.ERROR, usage, MESSAGE_BROKEN_STREAM, GENERATION_FAILED
+                )
+                return
+            usage = await self._usage(progress, request, free_count)
+            yield GenerationFinished(map_finish_reason(progress.finish_reason), usage)
+        finally:
+            self._calls.pop(request.transaction_id, None)
+            if call.response is not None:
+                call.response.close()
+            if free_count is not None and not free_count.done():
+                free_count.cancel()
+
+    async def _stream(
+        self, request: GenerationRequest, call: _Call, progress: _Progress
+    ) -> AsyncGenerator[str, None]:
+        """Text pieces of the upstream stream; fills `progress`; raises _Cancelled or
+        UpstreamError."""
+        body = chat_completion_body(request, self._model)
+        try:
+            response = await _unless_aborted(self._http().post(self._chat_url, json=body), call)
+            call.response = response
+            if call.aborted.is_set():
+                raise _Cancelled
+            if response.status >= 400:
+                text = (await _read_at_most(response, ERROR_BODY_LIMIT)).decode(errors="replace")
+                log.warning("upstream_http_error", status=response.status, body=text[:300])
+                raise upstream_error(response.status, text)
+            decoder = SseDecoder()
+            while True:
+                line = await response.content.readline()
+                if call.aborted.is_set():
+                    raise _Cancelled
+                event = decoder.feed(line.decode("utf-8").rstrip("\r\n")) if line else None
+                if not line:
+                    event = decoder.flush()
+                if event is not None:
+                    chunk = parse_event(event)
+                    if chunk.done:
+                        response.release()
+                        return
+                    if chunk.usage is not None:
+                        progress.usage = chunk.usage
+                    if chunk.finish_reason is not None:
+                        progress.finish_reason = chunk.finish_reason
+                    if chunk.text:
+                        yield chunk.text
+                if not line:
+                    return  # end of the body without [DONE]
+        except (_Cancelled, UpstreamError):
+            raise
+        except Exception as error:
+            if call.aborted.is_set():
+                raise _Cancelled from None
+            if isinstance(error, TimeoutError):
+                log.warning("upstream_timeout", error=type(error).__name__)
+                raise UpstreamError(GENERATION_FAILED, MESSAGE_TIMEOUT) from None
+            if isinstance(error, aiohttp.ClientConnectorError):
+                log.warning("upstream_unreachable", error=str(error))
+                raise UpstreamError(GENERATION_FAILED, MESSAGE_UNREACHABLE) from None
+            if isinstance(error, aiohttp.ClientError | UnicodeDecodeError):
+                log.warning("upstream_stream_failed", error=repr(error))
+                raise UpstreamError(GENERATION_FAILED, MESSAGE_BROKEN_STREAM) from None
+            raise
+
+    async def _usage(
+        self,
+        progress: _Progress,
+        request: GenerationRequest,
+        free_count: asyncio.Task[int] | None,
+    ) -> Usage:
+        free_text_tokens = 0
+        if free_count is not None and progress.usage is not None:
+            try:
+                free_text_tokens = await free_count
+            except Exception:  # free_prompt_bound does not raise; the byte bound is always safe
+                free_text_tokens = free_prompt_byte_bound(request.free_system_prompt)
+        return settle_usage(
+            progress.usage, free_text_tokens, bool(request.free_system_prompt), progress.deltas
+        )
+
+    async def free_prompt_bound(self, text: str) -> int:
+        """An upper bound of the free prompt text's tokens: the upstream's /tokenize count, or
+        its UTF-8 byte count. Never raises."""
+        cached = self._free_prompt_tokens.get(text)
+        if cached is not None:
+            self._free_prompt_tokens.move_to_end(text)
+            return cached
+        count = await self._tokenize_count(text) if self._tokenize_available else None
+        if count is None:
+            return free_prompt_byte_bound(text)
+        self._free_prompt_tokens[text] = count
+        if len(self._free_prompt_tokens) > FREE_PROMPT_CACHE_SIZE:
+            self._free_prompt_tokens.popitem(last=False)
+        return count
+
+    async def _tokenize_count(self, text: str) -> int | None:
+        # llama-server reads "content"/"add_special", vLLM "prompt"/"add_special_tokens";
+        # each ignores the other's fields.
+        body: dict[str, object] = {
+            "content": text,
+            "prompt": text,
+            "add_special": False,
+            "add_special_tokens": False,
+        }
+        if self._model:
+            body["model"] = self._model
+        try:
+            async with self._http().post(
+                self._tokenize_url,
+                json=body,
+                timeout=aiohttp.ClientTimeout(total=TOKENIZE_TIMEOUT_SECONDS),
+            ) as response:
+                if response.status in (404, 405, 501):
+                    log.info("upstream_has_no_tokenize", status=response.status)
+                    self._tokenize_available = False
+                    return None
+                if response.status >= 400:
+                    return None
+                payload = await response.json(content_type=None)
+        except (aiohttp.ClientError, TimeoutError, ValueError) as error:
+            log.warning("upstream_tokenize_failed", error=repr(error))
+            return None
+        if isinstance(payload, dict):
+            count = payload.get("count")
+            if isinstance(count, int):
+                return count
+            tokens = payload.get("tokens")
+            if isinstance(tokens, list):
+                return len(tokens)
+        return None
+
+    def abort(self, transaction_id: str) -> None:
+        call = self._calls.get(transaction_id)
+        if call is None:
+            return
+        call.aborted.set()
+        if call.response is not None:
+            call.response.close()  # wakes a pending read; the upstream sees the disconnect
+
+    async def close(self) -> None:
+        self._closed = True
+        for transaction_id in list(self._calls):
+            self.abort(transaction_id)
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+
+async def _unless_aborted(work: Awaitable[_T], call: _Call) -> _T:
+    """`work`, or _Cancelled as soon as the call is aborted (e.g. while the upstream is still
+    reading a long prompt before its response headers)."""
+    task = asyncio.ensure_future(work)
+    aborted = asyncio.create_task(call.aborted.wait())
+    try:
+        await asyncio.wait({task, aborted}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        aborted.cancel()
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+    if task.cancelled():
+        raise _Cancelled
+    return task.result()
+
+
+async def _read_at_most(response: aiohttp.ClientResponse, limit: int) -> bytes:
+    data = b""
+    while len(data) < limit:
+        piece = await response.content.read(limit - len(data))
+        if not piece:
+            break
+        data += piece
+    return data

@@ -1,0 +1,277 @@
+"""The OpenAI proxy engine through the real worker server on the real nats-server, in front of a
+tiny constant-answer OpenAI-compatible upstream (an aiohttp server on a free port)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from aiohttp import web
+from nats.aio.client import Client
+
+from regio.inference.v1 import inference_pb2
+from regio_common.errors import CONTEXT_LENGTH_EXCEEDED
+from regio_worker.engine.base import ChatMessage, GenerationFinished, GenerationRequest
+from regio_worker.engine.openai_proxy import SYSTEM_MESSAGE_OVERHEAD_TOKENS, OpenAIProxyEngine
+from regio_worker.probe import InferenceCall, chat_request
+
+from .support import ReadUsageRecords, StartWorker
+
+ACCEPTED = inference_pb2.CHUNK_KIND_ACCEPTED
+DELTA = inference_pb2.CHUNK_KIND_DELTA
+FINAL = inference_pb2.CHUNK_KIND_FINAL
+
+API_KEY = "sk-upstream-secret"
+PIECES = ["The", " answer", " is", " 42", "."]
+UPSTREAM_PROMPT_TOKENS = 57
+UPSTREAM_CACHED_TOKENS = 30
+
+
+@dataclass
+class FakeUpstream:
+    """Answers every chat completion with PIECES (or `pieces`), `delay` seconds apart, then a
+    finish chunk, a usage chunk and [DONE]; /tokenize counts words."""
+
+    pieces: list[str] = field(default_factory=lambda: list(PIECES))
+    delay: float = 0.0
+    status: int = 200
+    error_body: str = ""
+    tokenize: bool = True
+    requests: list[dict[str, Any]] = field(default_factory=list)
+    authorizations: list[str | None] = field(default_factory=list)
+    sent: int = 0
+    disconnected: asyncio.Event = field(default_factory=asyncio.Event)
+    url: str = ""
+
+    async def chat(self, request: web.Request) -> web.StreamResponse:
+        self.requests.append(await request.json())
+        self.authorizations.append(request.headers.get("Authorization"))
+        if self.status != 200:
+            return web.Response(status=self.status, text=self.error_body)
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        try:
+            for piece in self.pieces:
+                if self.delay:
+                    await asyncio.sleep(self.delay)
+                await _event(response, {"choices": [{"index": 0, "delta": {"content": piece}}]})
+                self.sent += 1
+            finish = {"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}
+            await _event(response, finish)
+            usage = {
+                "prompt_tokens": UPSTREAM_PROMPT_TOKENS,
+                "completion_tokens": len(self.pieces) + 1,  # + the end-of-turn token
+                "prompt_tokens_details": {"cached_tokens": UPSTREAM_CACHED_TOKENS},
+            }
+            await _event(response, {"choices": [], "usage": usage})
+            await response.write(b"data: [DONE]\n\n")
+        except (ConnectionError, asyncio.CancelledError):
+            self.disconnected.set()
+            raise
+        return response
+
+    async def count_tokens(self, request: web.Request) -> web.Response:
+        if not self.tokenize:
+            return web.Response(status=404)
+        body = await request.json()
+        return web.json_response({"tokens": list(range(len(body["content"].split())))})
+
+
+async def _event(response: web.StreamResponse, payload: dict[str, Any]) -> None:
+    await response.write(f"data: {json.dumps(payload)}\n\n".encode())
+
+
+@pytest.fixture
+async def upstream() -> AsyncIterator[FakeUpstream]:
+    fake = FakeUpstream()
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", fake.chat)
+    app.router.add_post("/tokenize", fake.count_tokens)
+    runner = web.AppRunner(app, handler_cancellation=True)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    fake.url = f"http://127.0.0.1:{port}/v1"
+    yield fake
+    await runner.cleanup()
+
+
+@pytest.fixture
+async def proxy(upstream: FakeUpstream) -> AsyncIterator[OpenAIProxyEngine]:
+    engine = OpenAIProxyEngine(
+        upstream.url, api_key=API_KEY, model="fake-model", max_concurrency=2, timeout_seconds=5
+    )
+    yield engine
+    await engine.close()
+
+
+async def test_deltas_in_order_and_usage_from_the_upstream_minus_the_free_prompt(
+    nc: Client,
+    start_worker: StartWorker,
+    route_name: str,
+    upstream: FakeUpstream,
+    proxy: OpenAIProxyEngine,
+    read_usage_records: ReadUsageRecords,
+) -> None:
+    await start_worker(proxy, route=route_name)
+    request = chat_request(
+        "what is the answer", route=route_name, free_system_prompt="You are Regio.", max_tokens=9
+    )
+    chunks = await (await InferenceCall.open(nc, "de", route_name, request)).until_end()
+
+    accepted, *deltas, final = chunks
+    assert accepted.kind == ACCEPTED
+    assert [(c.kind, c.sequence, c.text_delta) for c in deltas] == [
+        (DELTA, i, piece) for i, piece in enumerate(PIECES, start=1)
+    ]
+    assert (final.kind, final.finish_reason) == (FINAL, inference_pb2.FINISH_REASON_STOP)
+    free = 3 + SYSTEM_MESSAGE_OVERHEAD_TOKENS  # /tokenize: 3 words, + the system turn
+    expected = (UPSTREAM_PROMPT_TOKENS - free, len(PIECES) + 1, free, UPSTREAM_CACHED_TOKENS - free)
+    usage = final.usage
+    assert (
+        usage.prompt_tokens,
+        usage.completion_tokens,
+        usage.free_prompt_tokens,
+        usage.cached_tokens,
+    ) == expected
+    record = (await read_usage_records(route_name, [request.transaction_id]))[
+        request.transaction_id
+    ]
+    assert (record.prompt_tokens, record.completion_tokens, record.free_prompt_tokens) == (
+        expected[:3]
+    )
+
+    sent = upstream.requests[0]
+    assert sent["messages"][0] == {"role": "system", "content": "You are Regio."}
+    assert sent["messages"][-1] == {"role": "user", "content": "what is the answer"}
+    assert (sent["model"], sent["max_tokens"], sent["stream"]) == ("fake-model", 9, True)
+    assert sent["stream_options"] == {"include_usage": True}
+    assert upstream.authorizations == [f"Bearer {API_KEY}"]
+
+
+async def test_without_tokenize_the_free_prompt_bound_is_its_byte_count(
+    nc: Client,
+    start_worker: StartWorker,
+    route_name: str,
+    upstream: FakeUpstream,
+    proxy: OpenAIProxyEngine,
+) -> None:
+    upstream.tokenize = False
+    await start_worker(proxy, route=route_name)
+    free_prompt = "Sei höflich."  # 13 UTF-8 bytes
+    request = chat_request("hi", route=route_name, free_system_prompt=free_prompt)
+    final = (await (await InferenceCall.open(nc, "de", route_name, request)).until_end())[-1]
+
+    free = 13 + SYSTEM_MESSAGE_OVERHEAD_TOKENS
+    assert final.finish_reason == inference_pb2.FINISH_REASON_STOP
+    assert (final.usage.prompt_tokens, final.usage.free_prompt_tokens) == (
+        UPSTREAM_PROMPT_TOKENS - free,
+        free,
+    )
+
+
+async def test_cancel_closes_the_upstream_stream(
+    nc: Client,
+    start_worker: StartWorker,
+    route_name: str,
+    upstream: FakeUpstream,
+    proxy: OpenAIProxyEngine,
+) -> None:
+    upstream.pieces, upstream.delay = ["x"] * 500, 0.02
+    server = await start_worker(proxy, route=route_name)
+    call = await InferenceCall.open(nc, "de", route_name, chat_request("go", route=route_name))
+    assert (await call.next_chunk()).kind == ACCEPTED
+    for _ in range(3):
+        assert (await call.next_chunk()).kind == DELTA
+    await call.cancel(server.identity.worker_id)
+    rest = await call.until_end(wait_seconds=2)
+
+    final = rest[-1]
+    assert (final.kind, final.finish_reason) == (FINAL, inference_pb2.FINISH_REASON_CANCELLED)
+    deltas_received = 3 + len(rest) - 1
+    assert final.usage.completion_tokens == deltas_received < 20
+    await asyncio.wait_for(upstream.disconnected.wait(), timeout=2)
+    assert upstream.sent < 20
+
+
+async def test_upstream_500_is_a_final_error_without_its_text(
+    nc: Client,
+    start_worker: StartWorker,
+    route_name: str,
+    upstream: FakeUpstream,
+    proxy: OpenAIProxyEngine,
+    read_usage_records: ReadUsageRecords,
+) -> None:
+    upstream.status, upstream.error_body = 500, f"internal error, key {API_KEY} at {upstream.url}"
+    await start_worker(proxy, route=route_name)
+    request = chat_request("hi", route=route_name)
+    accepted, final = await (await InferenceCall.open(nc, "de", route_name, request)).until_end()
+
+    assert accepted.kind == ACCEPTED
+    assert (final.kind, final.finish_reason) == (FINAL, inference_pb2.FINISH_REASON_ERROR)
+    assert final.error_message == "The model server failed (HTTP 500)."
+    assert final.usage.completion_tokens == 0
+    record = (await read_usage_records(route_name, [request.transaction_id]))[
+        request.transaction_id
+    ]
+    assert not record.billable
+
+
+async def test_context_length_error_is_passed_on_as_such(
+    upstream: FakeUpstream, proxy: OpenAIProxyEngine
+) -> None:
+    upstream.status = 400
+    upstream.error_body = json.dumps(
+        {"object": "error", "message": "This model's maximum context length is 2048 tokens."}
+    )
+    request = GenerationRequest("t-ctx", (ChatMessage("user", "long " * 10),))
+    events = [event async for event in proxy.generate(request)]
+    assert len(events) == 1 and isinstance(events[0], GenerationFinished)
+    assert events[0].error_code == CONTEXT_LENGTH_EXCEEDED
+
+
+async def test_upstream_down_is_a_final_error(
+    nc: Client, start_worker: StartWorker, route_name: str
+) -> None:
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    engine = OpenAIProxyEngine(f"http://127.0.0.1:{port}/v1", api_key=API_KEY, timeout_seconds=2)
+    try:
+        await start_worker(engine, route=route_name)
+        request = chat_request("hi", route=route_name, free_system_prompt="free")
+        chunks = await (await InferenceCall.open(nc, "de", route_name, request)).until_end()
+    finally:
+        await engine.close()
+
+    final = chunks[-1]
+    assert [c.kind for c in chunks] == [ACCEPTED, FINAL]
+    assert final.finish_reason == inference_pb2.FINISH_REASON_ERROR
+    assert final.error_message == "The model server is unreachable."
+    assert str(port) not in final.error_message
+
+
+async def test_concurrent_requests_share_the_session(
+    nc: Client,
+    start_worker: StartWorker,
+    route_name: str,
+    upstream: FakeUpstream,
+    proxy: OpenAIProxyEngine,
+) -> None:
+    upstream.delay = 0.01
+    await start_worker(proxy, route=route_name)
+    calls = [
+        await InferenceCall.open(nc, "de", route_name, chat_request(f"q{i}", route=route_name))
+        for i in range(4)
+    ]
+    results = await asyncio.gather(*(call.until_end() for call in calls))
+    for chunks in results:
+        assert "".join(c.text_delta for c in chunks if c.kind == DELTA) == "".join(PIECES)
+        assert chunks[-1].finish_reason == inference_pb2.FINISH_REASON_STOP
+    assert len(upstream.requests) == 4
