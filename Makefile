@@ -3,7 +3,8 @@
 #               workers, gateway) with real parts, and print how to call it
 #   make test   install what is needed and run unit, integration and e2e tests
 #   make lint   ruff + mypy
-#   make bench  measure the platform against llama-cpp-python on the same model
+#   make bench  measure the platform against llama-cpp-python on the same model (bench-model),
+#               and the routing layer against LiteLLM in front of one upstream (bench-overhead)
 #   make proto  generate protobuf/gRPC stubs into build/proto (not committed)
 
 PYTHON ?= python3
@@ -17,7 +18,8 @@ PROTO_STAMP := $(PROTO_OUT)/.stamp
 SOURCE_ROOTS := services/common services/gateway services/worker services/billing \
 	services/dashboard-api services/devstack $(PROTO_OUT)
 
-.PHONY: all install proto run test test-unit test-integration test-e2e lint bench clean
+.PHONY: all install proto run test test-unit test-integration test-e2e lint bench bench-model \
+	bench-overhead clean
 
 all: install proto
 
@@ -63,9 +65,16 @@ test-integration: install proto
 test-e2e: install proto
 	$(PY) -m pytest -q tests/e2e
 
+bench: bench-model bench-overhead
+
 # Throughput and latency through the whole stack against llama-cpp-python on the same model.
-bench: install proto
+bench-model: install proto
 	$(PY) -m regio_devstack.bench
+
+# What the routing layer adds: a constant-answer upstream direct, behind LiteLLM's proxy (own
+# virtualenv in .regio/bench/, made on the first run), and behind Regio end to end.
+bench-overhead: install proto
+	$(PY) -m regio_devstack.bench_overhead
 
 lint: install proto
 	$(VENV)/bin/ruff check services tests

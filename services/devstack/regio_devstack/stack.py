@@ -39,6 +39,9 @@ class StackConfig:
     demo_credit_eur: str = "10"
     log_format: str = "json"
     extra_env: dict[str, str] = field(default_factory=dict)
+    # False: start() brings up servers and services but no llama.cpp worker (and assembles no
+    # model); the caller starts its own workers with start_worker(route, country, **env).
+    start_route_workers: bool = True
 
 
 @dataclass(frozen=True)
@@ -120,6 +123,8 @@ class Stack:
             self._wait(self.services[-1], lambda: _http_ok(self.dashboard_url + "/health"))
             self.start_service("gateway", "regio_gateway")
             self._wait(self.services[-1], lambda: _http_ok(self.gateway_url + "/health"))
+            if not self.config.start_route_workers:
+                return
             self._prepare_models()
             country = self.config.worker_country
             workers = {route: self.start_worker(route, country) for route in self.catalogue.routes}
@@ -164,12 +169,12 @@ class Stack:
         self.services.append(process)
         return process
 
-    def start_worker(self, route: str, country: str) -> ManagedProcess:
+    def start_worker(self, route: str, country: str, **env: str) -> ManagedProcess:
+        """A worker of `route` in `country`; `env` adds or overrides its REGIO_* settings."""
         return self.start_service(
             f"worker-{country}-{route}-{len(self.services)}",
             "regio_worker",
-            REGIO_WORKER_ROUTE=route,
-            REGIO_WORKER_COUNTRY=country,
+            **{"REGIO_WORKER_ROUTE": route, "REGIO_WORKER_COUNTRY": country, **env},
         )
 
     def wait_for_worker(self, worker: ManagedProcess, route: str, country: str) -> None:

@@ -1,0 +1,456 @@
+"""`make bench-overhead`: what the routing layer adds in front of an OpenAI-compatible server.
+
+Three targets, measured side by side in one run with the same load client (`bench_load load`,
+its own process) at concurrency 1, 32 and 128, non-streaming and streaming:
+
+(a) direct   a constant-answer upstream (`bench_load upstream`, its own process);
+(b) LiteLLM  LiteLLM's proxy in front of it (own virtualenv under .regio/bench/, no database);
+(c) Regio    the whole stack: gateway (key check) -> billing hold in PostgreSQL → NATS → a worker
+             with the `openai_proxy` engine fronting the upstream -> JetStream settlement.
+
+Afterwards the demo account's balance (dashboard API) must have gone down by exactly the sum of
+the usage every Regio answer reported x the route's prices: each request charged once."""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from regio_common.catalogue import Catalogue
+from regio_common.logging import configure_logging
+from regio_common.money import request_cost_nano
+from regio_common.settings import DEFAULT_CATALOGUE, PROJECT_ROOT
+from regio_devstack.processes import ManagedProcess, free_port, port_open
+from regio_devstack.stack import Stack, StackConfig
+
+ROUTE = "liv"
+COUNTRY = "de"
+LEVELS = [(1, 200), (32, 2000), (128, 2000)]  # (concurrency, measured requests)
+# LiteLLM's release 1.107.0 was compromised (supply-chain attack); never install it.
+LITELLM_REQUIREMENT = "litellm[proxy]>=1.100,!=1.107.*"
+LITELLM_VENV = PROJECT_ROOT / ".regio" / "bench" / "litellm-venv"
+LITELLM_MASTER_KEY = "sk-bench-master"
+# The worker's limits, raised so that they never cap 128 clients (defaults: 4 and 16).
+WORKER_ENV = {"REGIO_UPSTREAM_MAX_CONCURRENCY": "256", "REGIO_WORKER_QUEUE_LIMIT": "256"}
+TARGETS = ["direct", "LiteLLM", "Regio"]
+
+
+@dataclass
+class Run:
+    target: str
+    stream: bool
+    concurrency: int
+    count: int
+    elapsed: float
+    latencies: list[float]
+    first_chunks: list[float]
+    usages: list[list[int]]
+    errors: dict[str, int]
+    cpu: dict[str, float] = field(default_factory=dict)  # CPU seconds per process, this run
+
+    @property
+    def ok(self) -> int:
+        return len(self.latencies)
+
+    @property
+    def rps(self) -> float:
+        return self.ok / self.elapsed if self.elapsed else 0.0
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Nearest-rank percentile (q in 0..100); NaN for no values."""
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    rank = max(1, -(-len(ordered) * q // 100))
+    return ordered[int(rank) - 1]
+
+
+# -- processes --------------------------------------------------------------------------------
+def ensure_litellm(say: Any) -> Path:
+    """LiteLLM's proxy in its own virtualenv, created on the first run and reused afterwards."""
+    binary = LITELLM_VENV / "bin" / "litellm"
+    stamp = LITELLM_VENV / ".installed"
+    if binary.exists() and stamp.exists():
+        return binary
+    say(f"installing {LITELLM_REQUIREMENT} into {LITELLM_VENV} (first run only) ...")
+    LITELLM_VENV.parent.mkdir(parents=True, exist_ok=True)
+    subprocess.run([sys.executable, "-m", "venv", str(LITELLM_VENV)], check=True)
+    subprocess.run(
+        [str(LITELLM_VENV / "bin" / "pip"), "install", "--quiet", LITELLM_REQUIREMENT],
+        check=True,
+    )
+    stamp.touch()
+    return binary
+
+
+def litellm_version() -> str:
+    out = subprocess.run(
+        [
+            str(LITELLM_VENV / "bin" / "python"),
+            "-c",
+            "import importlib.metadata as m;print(m.version('litellm'))",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    return out.stdout.strip() or "?"
+
+
+def start_litellm(folder: Path, upstream_url: str) -> tuple[ManagedProcess, str]:
+    port = free_port()
+    config = folder / "litellm.yaml"
+    config.write_text(
+        json.dumps(  # JSON is YAML
+            {
+                "model_list": [
+                    {
+                        "model_name": "bench",
+                        "litellm_params": {
+                            "model": "openai/bench",
+                            "api_base": upstream_url,
+                            "api_key": "sk-upstream",
+                        },
+                    }
+                ],
+                "litellm_settings": {"drop_params": True, "telemetry": False},
+                "general_settings": {"master_key": LITELLM_MASTER_KEY},
+            }
+        )
+    )
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if key not in ("DATABASE_URL",) and not key.startswith("REGIO_")
+    }
+    env.update(
+        {
+            "LITELLM_MASTER_KEY": LITELLM_MASTER_KEY,
+            "LITELLM_LOG": "ERROR",
+            "LITELLM_TELEMETRY": "False",
+            "LITELLM_LOCAL_MODEL_COST_MAP": "True",  # no fetch of the cost map at start
+            "DISABLE_SCHEMA_UPDATE": "True",
+        }
+    )
+    process = ManagedProcess(
+        "litellm",
+        [
+            str(LITELLM_VENV / "bin" / "litellm"),
+            "--config",
+            str(config),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--num_workers",
+            "1",
+        ],
+        folder / "logs" / "litellm.log",
+        env=env,
+    ).start()
+    url = f"http://127.0.0.1:{port}"
+    process.wait_until(lambda: _get_ok(url + "/health/liveliness"), 180, "readiness")
+    return process, url + "/v1/chat/completions"
+
+
+def _get_ok(url: str, headers: dict[str, str] | None = None) -> bool:
+    request = urllib.request.Request(url, headers=headers or {})
+    with urllib.request.urlopen(request, timeout=2) as response:
+        return bool(response.status == 200)
+
+
+def process_tree_cpu(root: int) -> float:
+    """CPU seconds (user + system) of `root` and all its descendants, from /proc."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    parents: dict[int, int] = {}
+    cpu: dict[int, float] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()
+        parents[int(entry)] = int(fields[1])
+        cpu[int(entry)] = (int(fields[11]) + int(fields[12])) / ticks
+    total = 0.0
+    for pid, seconds in cpu.items():
+        walk = pid
+        while walk > 1 and walk != root:
+            walk = parents.get(walk, 0)
+        if walk == root:
+            total += seconds
+    return total
+
+
+# -- measuring --------------------------------------------------------------------------------
+def load(spec: dict[str, Any]) -> dict[str, Any]:
+    out = subprocess.run(
+        [sys.executable, "-m", "regio_devstack.bench_load", "load", json.dumps(spec)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=600,
+    )
+    result: dict[str, Any] = json.loads(out.stdout)
+    return result
+
+
+def measure(
+    target: str,
+    url: str,
+    key: str,
+    model: str,
+    stream: bool,
+    concurrency: int,
+    count: int,
+    pids: dict[str, int],
+) -> tuple[Run, Run]:
+    """A warm-up (2 x concurrency requests, at least 20), then the measured run."""
+    spec = {"url": url, "api_key": key, "model": model, "stream": stream}
+    warm = load({**spec, "concurrency": concurrency, "count": max(20, 2 * concurrency)})
+    before = {name: process_tree_cpu(pid) for name, pid in pids.items()}
+    client = resource.getrusage(resource.RUSAGE_CHILDREN)
+    result = load({**spec, "concurrency": concurrency, "count": count})
+    cpu = {name: process_tree_cpu(pid) - before[name] for name, pid in pids.items()}
+    done = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu["client"] = done.ru_utime + done.ru_stime - client.ru_utime - client.ru_stime
+    warm_run = Run(target, stream, concurrency, max(20, 2 * concurrency), **warm)
+    return warm_run, Run(target, stream, concurrency, count, cpu=cpu, **result)
+
+
+# -- report -----------------------------------------------------------------------------------
+def ms(seconds: float) -> str:
+    return f"{seconds * 1000:.2f}"
+
+
+def table(runs: list[Run], stream: bool) -> str:
+    title = "streaming (SSE, 8 content chunks + usage)" if stream else "non-streaming (JSON)"
+    head = (
+        f"{'c':>4} {'target':<8}{'ok':>6}{'err':>5}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}"
+        f"{'+p50 ms':>9}{'+p99 ms':>9}"
+    )
+    if stream:
+        head += f"{'ttfc p50':>10}{'+ttfc p50':>10}{'+ttfc p99':>10}"
+    lines = [f"== {title} ==", head, "-" * len(head)]
+    for concurrency, _ in LEVELS:
+        level = {r.target: r for r in runs if r.stream == stream and r.concurrency == concurrency}
+        base = level["direct"]
+        for target in TARGETS:
+            run = level[target]
+            p50, p99 = percentile(run.latencies, 50), percentile(run.latencies, 99)
+            line = (
+                f"{concurrency:>4} {target:<8}{run.ok:>6}{sum(run.errors.values()):>5}"
+                f"{run.rps:>9.0f}{ms(p50):>9}{ms(p99):>9}"
+            )
+            if target == "direct":
+                line += f"{'':>9}{'':>9}"
+            else:
+                line += (
+                    f"{ms(p50 - percentile(base.latencies, 50)):>9}"
+                    f"{ms(p99 - percentile(base.latencies, 99)):>9}"
+                )
+            if stream:
+                f50, f99 = percentile(run.first_chunks, 50), percentile(run.first_chunks, 99)
+                line += f"{ms(f50):>10}"
+                if target != "direct":
+                    line += (
+                        f"{ms(f50 - percentile(base.first_chunks, 50)):>10}"
+                        f"{ms(f99 - percentile(base.first_chunks, 99)):>10}"
+                    )
+            lines.append(line)
+        lite, ours = level["LiteLLM"], level["Regio"]
+        added = {
+            name: percentile(run.latencies, 50) - percentile(base.latencies, 50)
+            for name, run in (("LiteLLM", lite), ("Regio", ours))
+        }
+        ratio_added = added["Regio"] / added["LiteLLM"] if added["LiteLLM"] > 0 else float("nan")
+        lines.append(
+            f"{'':>4} Regio/LiteLLM: req/s x{ours.rps / lite.rps:.2f}, p50 latency "
+            f"x{percentile(ours.latencies, 50) / percentile(lite.latencies, 50):.2f}, "
+            f"p99 latency x{percentile(ours.latencies, 99) / percentile(lite.latencies, 99):.2f}, "
+            f"added p50 x{ratio_added:.2f}"
+        )
+        for run in level.values():
+            if run.errors:
+                lines.append(f"{'':>4} errors of {run.target}: {run.errors}")
+    return "\n".join(lines)
+
+
+def cpu_table(runs: list[Run]) -> str:
+    """CPU milliseconds per measured request, per process, for the c=128 runs."""
+    names = sorted({name for run in runs for name in run.cpu})
+    head = f"{'run':<22}" + "".join(f"{name:>11}" for name in names)
+    lines = ["== CPU ms per request at c=128 (whole process trees, /proc) ==", head]
+    for run in runs:
+        if run.concurrency != LEVELS[-1][0] or not run.ok:
+            continue
+        label = f"{run.target} {'stream' if run.stream else 'json'}"
+        lines.append(
+            f"{label:<22}"
+            + "".join(f"{run.cpu.get(name, 0.0) * 1000 / run.ok:>11.2f}" for name in names)
+        )
+    return "\n".join(lines)
+
+
+def wait_settled(stack: Stack, account_id: str, timeout: float = 120) -> dict[str, Any]:
+    """The balance once nothing is held and it has stopped moving (settlement is async)."""
+    deadline = time.monotonic() + timeout
+    last: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        balance: dict[str, Any] = stack.admin("GET", f"/admin/v1/accounts/{account_id}/balance")
+        if balance["held_nano"] == 0 and balance == last:
+            return balance
+        last = balance
+        time.sleep(1.0)
+    return last
+
+
+def main() -> None:
+    configure_logging("bench", "warning", "console")
+    started = time.monotonic()
+    say = print
+    ensure_litellm(say)
+    catalogue = Catalogue.load(DEFAULT_CATALOGUE)
+    route = catalogue.routes[ROUTE]
+    runs: list[Run] = []
+    warm_runs: list[Run] = []
+    with tempfile.TemporaryDirectory(prefix="regio-bench-overhead-") as name:
+        folder = Path(name)
+        upstream_port = free_port()
+        upstream = ManagedProcess(
+            "upstream",
+            [
+                sys.executable,
+                "-m",
+                "regio_devstack.bench_load",
+                "upstream",
+                "--port",
+                str(upstream_port),
+            ],
+            folder / "logs" / "upstream.log",
+        ).start()
+        upstream_url = f"http://127.0.0.1:{upstream_port}/v1"
+        stack = Stack(
+            StackConfig(
+                data_dir=folder / "stack",
+                catalogue_path=DEFAULT_CATALOGUE,
+                gateway_port=free_port(),
+                dashboard_port=free_port(),
+                billing_port=free_port(),
+                worker_country=COUNTRY,
+                demo_credit_eur="1000",
+                start_route_workers=False,
+            ),
+            say=lambda message: None,
+        )
+        litellm: ManagedProcess | None = None
+        try:
+            upstream.wait_until(lambda: port_open("127.0.0.1", upstream_port), 30, "readiness")
+            say("starting LiteLLM's proxy ...")
+            litellm, litellm_url = start_litellm(folder, upstream_url)
+            say("starting the Regio stack (openai_proxy worker) ...")
+            stack.start()
+            worker = stack.start_worker(
+                ROUTE,
+                COUNTRY,
+                REGIO_WORKER_ENGINE="openai_proxy",
+                REGIO_UPSTREAM_BASE_URL=upstream_url,
+                **WORKER_ENV,
+            )
+            stack.wait_for_worker(worker, ROUTE, COUNTRY)
+            demo = stack.seed_demo()
+            regio_url = stack.gateway_url + "/v1/chat/completions"
+            models = stack.gateway_url + "/v1/models"
+            auth = {"Authorization": f"Bearer {demo.api_key}"}
+            worker.wait_until(  # the new key reaches the gateway within a second
+                lambda: bool(_get_json(models, auth)["data"]), 10, "the demo key at the gateway"
+            )
+            before = wait_settled(stack, demo.account_id)
+            say(
+                f"{os.cpu_count()} cores; LiteLLM {litellm_version()} (1 worker, no database); "
+                f"Regio worker env {WORKER_ENV}; levels (concurrency, requests) {LEVELS}, "
+                "each after a warm-up of max(20, 2xc) requests"
+            )
+            pids = _pids(stack, upstream, litellm)
+            targets = {
+                "direct": (upstream_url + "/chat/completions", "sk-upstream", "bench"),
+                "LiteLLM": (litellm_url, LITELLM_MASTER_KEY, "bench"),
+                "Regio": (regio_url, demo.api_key, ROUTE),
+            }
+            for stream in (False, True):
+                for concurrency, count in LEVELS:
+                    for target in TARGETS:
+                        url, key, model = targets[target]
+                        warm, run = measure(
+                            target, url, key, model, stream, concurrency, count, pids
+                        )
+                        warm_runs.append(warm)
+                        runs.append(run)
+                        say(
+                            f"  {'stream' if stream else 'json':<6} c={concurrency:<4}"
+                            f"{target:<8} {run.rps:8.0f} req/s  errors {run.errors or 0}"
+                        )
+            after = wait_settled(stack, demo.account_id)
+        finally:
+            stack.stop()
+            if litellm is not None:
+                litellm.stop()
+            upstream.stop()
+    print()
+    print(table(runs, stream=False))
+    print()
+    print(table(runs, stream=True))
+    print()
+    print(cpu_table(runs))
+    print()
+    regio = [run for run in runs + warm_runs if run.target == "Regio"]
+    answered = sum(run.ok for run in regio)
+    failed = sum(sum(run.errors.values()) for run in regio)
+    expected = sum(
+        request_cost_nano(p, c, route.input_price_nano, route.output_price_nano)
+        for run in regio
+        for p, c in run.usages
+    )
+    charged = before["balance_nano"] - after["balance_nano"]
+    verdict = "OK: each request charged exactly once" if charged == expected else "MISMATCH"
+    print(
+        f"billing check: {answered} Regio answers (warm-ups included), {failed} failed; "
+        f"sum(reported usage x price) = {expected} nano-EUR; balance decrease = {charged} "
+        f"nano-EUR; held after = {after['held_nano']} -> {verdict}"
+    )
+    print(f"total bench time {time.monotonic() - started:.0f}s")
+    if charged != expected:
+        raise SystemExit(1)
+
+
+def _get_json(url: str, headers: dict[str, str]) -> Any:
+    request = urllib.request.Request(url, headers=headers)
+    with urllib.request.urlopen(request, timeout=5) as response:
+        return json.loads(response.read())
+
+
+def _pids(stack: Stack, upstream: ManagedProcess, litellm: ManagedProcess) -> dict[str, int]:
+    pids = {"upstream": upstream.pid, "litellm": litellm.pid}
+    for service in stack.services:
+        pids[service.name.split("-")[0]] = service.pid
+    if stack.nats is not None:
+        pids["nats"] = stack.nats.process.pid
+    if stack.postgres is not None and stack.postgres.process is not None:
+        pids["postgres"] = stack.postgres.process.pid
+    return {name: pid for name, pid in pids.items() if pid is not None}
+
+
+if __name__ == "__main__":
+    main()
