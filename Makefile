@@ -18,8 +18,8 @@ PROTO_STAMP := $(PROTO_OUT)/.stamp
 SOURCE_ROOTS := services/common services/gateway services/worker services/billing \
 	services/dashboard-api services/devstack $(PROTO_OUT)
 
-.PHONY: all install proto run test test-unit test-integration test-e2e lint bench bench-model \
-	bench-overhead clean
+.PHONY: all install proto tools run test test-unit test-integration test-e2e lint bench \
+	bench-model bench-overhead clean
 
 all: install proto
 
@@ -53,10 +53,15 @@ proto: $(PROTO_STAMP)
 run: install proto
 	$(PY) -m regio_devstack
 
-test: install proto
+# System tools the tests need: kubectl renders the kustomize overlays (tests/unit/deploy).
+# Installed from Debian only when missing (CI runs on a fresh machine, as root).
+tools:
+	@command -v kubectl >/dev/null 2>&1 || { apt-get update && apt-get install -y kubernetes-client; }
+
+test: install proto tools
 	$(PY) -m pytest -q tests/unit tests/integration tests/e2e
 
-test-unit: install proto
+test-unit: install proto tools
 	$(PY) -m pytest -q tests/unit
 
 test-integration: install proto

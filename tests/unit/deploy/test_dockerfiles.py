@@ -38,7 +38,8 @@ IMAGES: dict[str, ImageSpec] = {
 FORBIDDEN: dict[str, tuple[str, ...]] = {
     "gateway": ("llama-cpp-python", "psycopg", "gemma3"),
     "dashboard": ("llama-cpp-python", "gemma3"),
-    "billing": ("llama-cpp-python", "aiohttp", "gemma3"),
+    # aiohttp is in every image since each service serves its ops listener (/health, /metrics).
+    "billing": ("llama-cpp-python", "gemma3"),
     "worker": ("psycopg",),  # aiohttp: the engine that fronts an OpenAI-compatible server
 }
 
