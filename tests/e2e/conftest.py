@@ -32,6 +32,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             dashboard_port=free_port(),
             billing_port=free_port(),
             gateway_metrics_port=free_port(),
+            billing_metrics_port=free_port(),
+            dashboard_metrics_port=free_port(),
+            worker_metrics_port=free_port(),
         ),
         say=lambda message: None,
     )

@@ -13,7 +13,7 @@ from regio_devstack.stack import Stack
 
 
 def scrape(stack: Stack) -> str:
-    url = f"http://127.0.0.1:{stack.config.gateway_metrics_port}/metrics"
+    url = stack.ops_url("gateway") + "/metrics"
     with urllib.request.urlopen(url, timeout=5) as response:
         return str(response.read().decode())
 
@@ -40,9 +40,9 @@ def test_requests_tokens_and_first_token_latency_are_counted(
     after = scrape(stack)
 
     requests = "regio_gateway_requests_total"
-    ok = {"path": "/v1/chat/completions", "status": "200"}
+    ok = {"path": "/v1/chat/completions", "region": "eu", "status": "200"}
     assert sample(after, requests, **ok) == sample(before, requests, **ok) + 1
-    unmatched = {"path": "unmatched", "status": "404"}
+    unmatched = {"path": "unmatched", "region": "eu", "status": "404"}
     assert sample(after, requests, **unmatched) == sample(before, requests, **unmatched) + 1
     tokens = "regio_gateway_tokens_total"
     completion_tokens = {"kind": "completion", "model": "liv"}
@@ -51,7 +51,8 @@ def test_requests_tokens_and_first_token_latency_are_counted(
         == completion.usage.completion_tokens
     )
     first_token = "regio_gateway_time_to_first_token_seconds_count"
-    assert sample(after, first_token, model="liv") == sample(before, first_token, model="liv") + 1
+    labels = {"model": "liv", "region": "eu"}
+    assert sample(after, first_token, **labels) == sample(before, first_token, **labels) + 1
     # The public API port does not serve metrics.
     try:
         urllib.request.urlopen(stack.gateway_url + "/metrics", timeout=5)

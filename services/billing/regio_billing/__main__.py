@@ -10,6 +10,7 @@ import structlog
 from regio_billing.app import BillingApp
 from regio_billing.settings import BillingSettings
 from regio_common.logging import configure_logging
+from regio_common.ops_server import OpsServer
 
 
 async def serve(settings: BillingSettings) -> None:
@@ -20,15 +21,21 @@ async def serve(settings: BillingSettings) -> None:
         loop.add_signal_handler(signum, stop_requested.set)
 
     app = BillingApp(settings)
+    # Up before start-up (migrations may take a while): liveness answers, readiness says why not.
+    ops = OpsServer(app.metrics.registry, app.readiness_checks())
+    await ops.start(settings.ops_host, settings.billing_metrics_port)
     try:
-        await app.start()
-    except Exception:
-        log.exception("billing_start_failed")
-        raise SystemExit(1) from None
-    log.info("billing_ready", address=app.address)
-    await stop_requested.wait()
-    log.info("billing_stopping")
-    await app.stop()
+        try:
+            await app.start()
+        except Exception:
+            log.exception("billing_start_failed")
+            raise SystemExit(1) from None
+        log.info("billing_ready", address=app.address, metrics_port=settings.billing_metrics_port)
+        await stop_requested.wait()
+        log.info("billing_stopping")
+        await app.stop()
+    finally:
+        await ops.stop()
     log.info("billing_stopped")
 
 

@@ -1,5 +1,6 @@
 """Wires the billing service together: migrations, pool, ledger, gRPC server, usage consumer
-and hold sweeper. `python -m regio_billing` runs it; tests run it in-process."""
+and hold sweeper, all sharing one `BillingMetrics`. `python -m regio_billing` runs it (with the
+ops listener, whose readiness checks are defined here); tests run it in-process."""
 
 from __future__ import annotations
 
@@ -12,12 +13,14 @@ from regio.billing.v1 import billing_pb2_grpc
 from regio_billing.database import BillingPool, migrate, open_pool
 from regio_billing.interceptors import DomainErrorInterceptor
 from regio_billing.ledger import Ledger
+from regio_billing.metrics import BillingMetrics
 from regio_billing.service import BillingService
 from regio_billing.settings import BillingSettings
-from regio_billing.sweeper import HoldSweeper
+from regio_billing.sweeper import HoldSweeper, open_holds_counter
 from regio_billing.usage_consumer import UsageConsumer
 from regio_common.catalogue import Catalogue
 from regio_common.nats_connection import connect_nats
+from regio_common.ops_server import NotReady, ReadinessCheck, nats_check, postgres_check
 
 log = structlog.get_logger()
 
@@ -25,13 +28,19 @@ log = structlog.get_logger()
 SHUTDOWN_GRACE_SECONDS = 5.0
 # Longest wait of one JetStream pull; a graceful stop waits for the pull in progress to end.
 USAGE_FETCH_WAIT_SECONDS = 1.0
+# A readiness `SELECT 1` waits at most this long for a pooled connection.
+READY_POOL_WAIT_SECONDS = 1.5
 
 
 class BillingApp:
     def __init__(
-        self, settings: BillingSettings, usage_fetch_wait_seconds: float = USAGE_FETCH_WAIT_SECONDS
+        self,
+        settings: BillingSettings,
+        usage_fetch_wait_seconds: float = USAGE_FETCH_WAIT_SECONDS,
+        metrics: BillingMetrics | None = None,
     ) -> None:
         self.settings = settings
+        self.metrics = metrics or BillingMetrics()
         self._usage_fetch_wait = usage_fetch_wait_seconds
         self._pool: BillingPool | None = None
         self._ledger: Ledger | None = None
@@ -53,6 +62,21 @@ class BillingApp:
         if self._address is None:
             raise RuntimeError("billing is not started")
         return self._address
+
+    def readiness_checks(self) -> dict[str, ReadinessCheck]:
+        """For the ops listener's /ready: PostgreSQL answers `SELECT 1` through the pool, and
+        NATS is connected. Usable before start() (then: not ready)."""
+        return {"postgres": self._check_postgres, "nats": self._check_nats}
+
+    async def _check_postgres(self) -> None:
+        if self._pool is None:
+            raise NotReady("not started")
+        await postgres_check(self._pool, READY_POOL_WAIT_SECONDS)()
+
+    async def _check_nats(self) -> None:
+        if self._nats is None:
+            raise NotReady("not started")
+        await nats_check(self._nats)()
 
     async def start(self) -> None:
         try:
@@ -79,11 +103,15 @@ class BillingApp:
             self._ledger.settle,
             batch=settings.usage_fetch_batch,
             fetch_wait_seconds=self._usage_fetch_wait,
+            settle_batch=self._ledger.settle_batch,
+            metrics=self.metrics,
         )
         await self._consumer.start()
 
-        self._server = grpc.aio.server(interceptors=[DomainErrorInterceptor()])
-        billing_pb2_grpc.add_BillingServicer_to_server(BillingService(self._ledger), self._server)
+        self._server = grpc.aio.server(interceptors=[DomainErrorInterceptor(self.metrics)])
+        billing_pb2_grpc.add_BillingServicer_to_server(
+            BillingService(self._ledger, self.metrics), self._server
+        )
         port = self._server.add_insecure_port(settings.billing_listen_address)
         if not port:
             raise RuntimeError(f"cannot listen on {settings.billing_listen_address}")
@@ -92,7 +120,10 @@ class BillingApp:
         await self._server.start()
 
         self._sweeper = HoldSweeper(
-            self._ledger.sweep_expired_holds, settings.hold_sweep_interval_seconds
+            self._ledger.sweep_expired_holds,
+            settings.hold_sweep_interval_seconds,
+            count_open=open_holds_counter(self._pool),
+            metrics=self.metrics,
         )
         self._sweeper.start()
 

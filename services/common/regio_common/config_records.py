@@ -22,17 +22,35 @@ def hash_api_key(api_key: str) -> str:
     return hashlib.sha256(api_key.encode()).hexdigest()
 
 
+ThinkingEffort = Literal["none", "low", "medium", "high"]
+ReasoningOutput = Literal["reasoning_content", "think_tags", "hidden"]
+
+
 class ApiKeyRecord(BaseModel):
     key_id: str
     account_id: str
     status: Literal["active", "revoked"] = "active"
+    # "route/region" activations the key may use; empty means every activation of the account.
+    activations: list[str] = []
+
+    def may_use(self, route: str, region: str) -> bool:
+        return not self.activations or f"{route}/{region}" in self.activations
+
+
+class ThinkingSettings(BaseModel):
+    """How an activation thinks by default and how its reasoning reaches the client."""
+
+    default_effort: ThinkingEffort = "medium"
+    reasoning_output: ReasoningOutput = "reasoning_content"
 
 
 class ActivationRecord(BaseModel):
+    # Fields added later carry defaults, so records written by older dashboards still parse.
     account_id: str
     route: str
     region: str
     free_system_prompt: str = ""
+    thinking: ThinkingSettings = ThinkingSettings()
     created: int
 
 

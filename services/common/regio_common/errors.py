@@ -15,11 +15,20 @@ class RegioError(Exception):
     error_type: ClassVar[str] = "server_error"
     default_code: ClassVar[str | None] = None
 
-    def __init__(self, message: str, *, param: str | None = None, code: str | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        retry_after_seconds: int | None = None,
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.param = param
         self.code = code if code is not None else self.default_code
+        # Sent as Retry-After: when trying again makes sense (busy, rate-limited).
+        self.retry_after_seconds = retry_after_seconds
 
     def envelope(self) -> dict[str, Any]:
         return {

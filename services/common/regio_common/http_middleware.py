@@ -30,9 +30,10 @@ TRANSACTION_KEY = web.RequestKey("transaction_id", str)
 
 
 def error_response(error: RegioError, transaction_id: str) -> web.Response:
-    return web.json_response(
-        error.envelope(), status=error.status, headers={TRANSACTION_HEADER: transaction_id}
-    )
+    headers = {TRANSACTION_HEADER: transaction_id}
+    if error.retry_after_seconds is not None:
+        headers["Retry-After"] = str(error.retry_after_seconds)
+    return web.json_response(error.envelope(), status=error.status, headers=headers)
 
 
 def _from_http_exception(exc: web.HTTPException) -> RegioError:

@@ -24,6 +24,13 @@ class NatsSettings(RegioSettings):
     nats_url: str = Field(
         "nats://127.0.0.1:4222", description="NATS server URL(s), comma-separated."
     )
+    nats_stream_replicas: int = Field(
+        1,
+        ge=1,
+        le=5,
+        description="Replicas of the usage stream and the config bucket when a service creates "
+        "them (3 on a 3-node JetStream cluster; existing streams keep theirs).",
+    )
 
 
 class DatabaseSettings(RegioSettings):

@@ -31,6 +31,11 @@ def cancel_subject(worker_id: str) -> str:
     return f"regio.worker.{worker_id}.cancel"
 
 
+def worker_infer_subject(worker_id: str) -> str:
+    """One worker's own request subject: the gateway picks the least loaded worker itself."""
+    return f"regio.worker.{worker_id}.infer"
+
+
 def usage_subject(route: str) -> str:
     return f"{USAGE_PREFIX}.{route}"
 

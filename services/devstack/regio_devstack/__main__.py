@@ -16,6 +16,12 @@ def say(message: str) -> None:
     print(f"regio | {message}", flush=True)
 
 
+def ops_lines(stack: Stack) -> str:
+    if not stack.ops_ports:
+        return "    (none: every ops port is 0)"
+    return "\n".join(f"    {name + ':':<20}{stack.ops_url(name)}" for name in stack.ops_ports)
+
+
 def banner(stack: Stack, api_key: str) -> str:
     route = next(iter(stack.catalogue.routes))
     base = f"{stack.gateway_url}/v1"
@@ -27,7 +33,8 @@ Regio is running.
                         label of the host name; nl.localhost likewise)
   API key:              {api_key}
   Dashboard API:        {stack.dashboard_url}  (admin token in {stack.config.data_dir}/admin-token)
-  Metrics (Prometheus): http://127.0.0.1:{stack.config.gateway_metrics_port}/metrics
+  Ops listeners (GET /health, /ready, /metrics):
+{ops_lines(stack)}
   Logs:                 {stack.logs_dir}
 
 Try it:
@@ -59,6 +66,9 @@ def main() -> int:
             dashboard_port=settings.dashboard_port,
             billing_port=settings.billing_port,
             gateway_metrics_port=settings.gateway_metrics_port,
+            billing_metrics_port=settings.billing_metrics_port,
+            dashboard_metrics_port=settings.dashboard_metrics_port,
+            worker_metrics_port=settings.worker_metrics_port,
             nats_url=settings.nats_url,
             database_url=settings.database_url,
             worker_country=settings.worker_country,

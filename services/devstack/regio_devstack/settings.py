@@ -21,7 +21,20 @@ class DevstackSettings(CatalogueSettings, RegioSettings):
     )
     gateway_port: int = Field(8080, description="Port the gateway listens on.")
     gateway_metrics_port: int = Field(
-        9464, description="Port of the Prometheus `/metrics` endpoint (0: not served)."
+        9464,
+        description="Port of the ops listener: `/health`, `/ready` and Prometheus `/metrics` "
+        "(0: not served; never the API port).",
+    )
+    billing_metrics_port: int = Field(
+        9466, description="Port of the billing ops listener (0: not served)."
+    )
+    dashboard_metrics_port: int = Field(
+        9467, description="Port of the dashboard API's ops listener (0: not served)."
+    )
+    worker_metrics_port: int = Field(
+        9465,
+        description="Port of the worker's ops listener (0: not served); under make run the "
+        "first worker gets it and any further worker a free port.",
     )
     dashboard_port: int = Field(8081, description="Port the dashboard API listens on.")
     billing_port: int = Field(50051, description="make run: port of the billing gRPC service.")

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from regio_common.catalogue import Catalogue
-from regio_devstack.processes import ManagedProcess, port_open
+from regio_devstack.processes import ManagedProcess, free_port, port_open
 from regio_devstack.servers import NatsServer, PostgresServer
 from regio_worker.model_files import resolve_model_path
 
@@ -31,7 +31,12 @@ class StackConfig:
     gateway_port: int
     dashboard_port: int
     billing_port: int
-    gateway_metrics_port: int = 0  # 0: the gateway serves no /metrics
+    # Ops listeners (/health, /ready, /metrics); 0: not served. The first worker gets
+    # worker_metrics_port, every later one a free port (none when it is 0).
+    gateway_metrics_port: int = 0
+    billing_metrics_port: int = 0
+    dashboard_metrics_port: int = 0
+    worker_metrics_port: int = 0
     nats_url: str | None = None  # an existing server; None starts one
     database_url: str | None = None  # an existing server; None starts one
     models_dir: Path | None = None  # default: <data_dir>/models
@@ -61,6 +66,8 @@ class Stack:
         self.nats_url = config.nats_url or ""
         self.database_url = config.database_url or ""
         self.admin_token = self._admin_token()
+        # Service name -> port of its ops listener, for the services that serve one.
+        self.ops_ports: dict[str, int] = {}
 
     # -- paths and addresses ------------------------------------------------------------------
     @property
@@ -83,6 +90,11 @@ class Stack:
     def billing_address(self) -> str:
         return f"127.0.0.1:{self.config.billing_port}"
 
+    def ops_url(self, service: str) -> str:
+        """Base URL of a service's ops listener (`gateway`, `billing`, `dashboard-api`, or a
+        worker's process name)."""
+        return f"http://127.0.0.1:{self.ops_ports[service]}"
+
     def _admin_token(self) -> str:
         """Generated once per data folder, so a restarted stack keeps its admin credential."""
         path = self.config.data_dir / "admin-token"
@@ -104,6 +116,10 @@ class Stack:
             "REGIO_BILLING_LISTEN_ADDRESS": self.billing_address,
             "REGIO_GATEWAY_PORT": str(self.config.gateway_port),
             "REGIO_GATEWAY_METRICS_PORT": str(self.config.gateway_metrics_port),
+            "REGIO_BILLING_METRICS_PORT": str(self.config.billing_metrics_port),
+            "REGIO_DASHBOARD_METRICS_PORT": str(self.config.dashboard_metrics_port),
+            "REGIO_WORKER_METRICS_PORT": "0",  # set per worker by start_worker
+            "REGIO_WORKER_METRICS_HOST": "127.0.0.1",
             "REGIO_DASHBOARD_PORT": str(self.config.dashboard_port),
             "REGIO_ADMIN_TOKEN": self.admin_token,
             "REGIO_MODELS_DIR": str(self.models_dir),
@@ -167,14 +183,39 @@ class Stack:
             env=self.service_env(**env),
         ).start()
         self.services.append(process)
+        ops_port = self._ops_port_of(name, env)
+        if ops_port:
+            self.ops_ports[name] = ops_port
         return process
+
+    def _ops_port_of(self, name: str, env: dict[str, str]) -> int:
+        by_service = {
+            "gateway": self.config.gateway_metrics_port,
+            "billing": self.config.billing_metrics_port,
+            "dashboard-api": self.config.dashboard_metrics_port,
+        }
+        if "REGIO_WORKER_METRICS_PORT" in env:
+            return int(env["REGIO_WORKER_METRICS_PORT"])
+        return by_service.get(name, 0)
+
+    def _next_worker_metrics_port(self) -> int:
+        if not self.config.worker_metrics_port:
+            return 0
+        if self.config.worker_metrics_port not in self.ops_ports.values():
+            return self.config.worker_metrics_port
+        return free_port()
 
     def start_worker(self, route: str, country: str, **env: str) -> ManagedProcess:
         """A worker of `route` in `country`; `env` adds or overrides its REGIO_* settings."""
         return self.start_service(
             f"worker-{country}-{route}-{len(self.services)}",
             "regio_worker",
-            **{"REGIO_WORKER_ROUTE": route, "REGIO_WORKER_COUNTRY": country, **env},
+            **{
+                "REGIO_WORKER_ROUTE": route,
+                "REGIO_WORKER_COUNTRY": country,
+                "REGIO_WORKER_METRICS_PORT": str(self._next_worker_metrics_port()),
+                **env,
+            },
         )
 
     def wait_for_worker(self, worker: ManagedProcess, route: str, country: str) -> None:
@@ -199,6 +240,7 @@ class Stack:
         for process in reversed(self.services):
             process.stop()
         self.services.clear()
+        self.ops_ports.clear()
         if self.postgres is not None:
             self.postgres.stop()
         if self.nats is not None:

@@ -8,6 +8,7 @@ import signal
 from aiohttp import web
 
 from regio_common.logging import configure_logging
+from regio_common.ops_server import OpsServer, nats_check
 from regio_gateway.app import build_app, build_state, close_state
 from regio_gateway.settings import GatewaySettings
 
@@ -20,13 +21,16 @@ async def serve(settings: GatewaySettings) -> None:
     await runner.setup()
     site = web.TCPSite(runner, settings.gateway_host, settings.gateway_port)
     await site.start()
-    metrics_runner = web.AppRunner(state.metrics.scrape_app(), access_log=None)
-    if settings.gateway_metrics_port:
-        await metrics_runner.setup()
-        metrics_site = web.TCPSite(
-            metrics_runner, settings.gateway_host, settings.gateway_metrics_port
-        )
-        await metrics_site.start()
+    # /health, /ready and /metrics on their own port (0: off).
+    ops = OpsServer(
+        state.metrics.registry,
+        {
+            "nats": nats_check(state.nats),
+            "billing": state.billing.check_reachable,
+            "config": state.config.check_synced,
+        },
+    )
+    await ops.start(settings.gateway_host, settings.gateway_metrics_port)
     log.info(
         "gateway_ready",
         host=settings.gateway_host,
@@ -40,7 +44,7 @@ async def serve(settings: GatewaySettings) -> None:
     await stop.wait()
     log.info("gateway_stopping")
     await runner.cleanup()  # stops listening, lets in-flight requests finish
-    await metrics_runner.cleanup()
+    await ops.stop()
     await close_state(state)
 
 

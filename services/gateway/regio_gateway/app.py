@@ -18,6 +18,7 @@ from regio_gateway.dispatch import Dispatcher
 from regio_gateway.handlers.chat_completions import create_chat_completion
 from regio_gateway.handlers.models import health, list_models
 from regio_gateway.metrics import GatewayMetrics
+from regio_gateway.regions import endpoint_region
 from regio_gateway.settings import GatewaySettings
 from regio_gateway.state import STATE_KEY, GatewayState
 from regio_gateway.worker_registry import WorkerRegistry
@@ -27,6 +28,7 @@ log = structlog.get_logger()
 
 async def build_state(settings: GatewaySettings) -> GatewayState:
     catalogue = Catalogue.load(settings.catalogue_path)
+    metrics = GatewayMetrics()
     nc = await connect_nats(settings.nats_url, name="regio-gateway")
     registry = WorkerRegistry(expiry_factor=settings.heartbeat_expiry_factor)
 
@@ -38,22 +40,25 @@ async def build_state(settings: GatewaySettings) -> GatewayState:
 
     await nc.subscribe(HEARTBEAT_WILDCARD, cb=on_heartbeat)
     config = ConfigStore()
-    await config.start(await config_bucket(nc.jetstream()))
+    await config.start(await config_bucket(nc.jetstream(), settings.nats_stream_replicas))
     return GatewayState(
         settings=settings,
         catalogue=catalogue,
         nats=nc,
         config=config,
         workers=registry,
-        billing=BillingClient(settings.billing_address, settings.billing_timeout_seconds),
+        billing=BillingClient(
+            settings.billing_address, settings.billing_timeout_seconds, metrics=metrics
+        ),
         dispatcher=Dispatcher(
             nc,
             registry,
             accept_timeout=settings.dispatch_timeout_seconds,
             first_chunk_timeout=settings.first_token_timeout_seconds,
             inter_chunk_timeout=settings.inter_chunk_timeout_seconds,
+            metrics=metrics,
         ),
-        metrics=GatewayMetrics(),
+        metrics=metrics,
     )
 
 
@@ -66,10 +71,17 @@ async def close_state(state: GatewayState) -> None:
 def build_app(state: GatewayState) -> web.Application:
     # The body limit is enforced by the handler (to answer with the envelope and a param);
     # aiohttp's own limit stays above it as a backstop.
+    def region_of(request: web.Request) -> str:
+        return endpoint_region(request, state.catalogue, state.settings.default_region)
+
     app = web.Application(
-        # Metrics outermost, so that they count the error responses the transaction middleware
-        # renders.
-        middlewares=[state.metrics.middleware(), transaction_middleware],
+        # Request metrics outermost, so that they count the error responses the transaction
+        # middleware renders; refusals innermost, where the error itself is still visible.
+        middlewares=[
+            state.metrics.middleware(region_of),
+            transaction_middleware,
+            state.metrics.refusal_middleware(),
+        ],
         client_max_size=state.settings.max_body_bytes * 2,
     )
     app[STATE_KEY] = state

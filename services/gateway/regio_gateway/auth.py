@@ -8,6 +8,9 @@ from regio_common.config_records import ApiKeyRecord
 from regio_common.errors import AuthenticationFailed, InvalidRequest
 from regio_gateway.config_store import ConfigStore
 
+# The authenticated key, for checks that need more than its account (its activation scope).
+API_KEY_RECORD = web.RequestKey("api_key_record", ApiKeyRecord)
+
 
 def authenticate(request: web.Request, store: ConfigStore) -> ApiKeyRecord:
     header = request.headers.get("Authorization", "")
@@ -22,4 +25,5 @@ def authenticate(request: web.Request, store: ConfigStore) -> ApiKeyRecord:
     record = store.account_for_key(key)
     if record is None:
         raise AuthenticationFailed("Incorrect API key provided.")
+    request[API_KEY_RECORD] = record
     return record

@@ -4,17 +4,38 @@ Fails closed: if billing cannot be reached, the request is refused with 503."""
 
 from __future__ import annotations
 
+import asyncio
+
 import grpc
 import structlog
 
 from regio.billing.v1 import billing_pb2
 from regio_common.billing_rpc import BillingRpcClient
 from regio_common.errors import BillingUnavailable, InsufficientBudget, ModelNotFound
+from regio_common.ops_server import NotReady
+from regio_gateway.metrics import GatewayMetrics
 
 log = structlog.get_logger()
 
+# Part of the ops listener's check timeout, so that the check can say why it failed.
+READY_CHECK_SECONDS = 1.5
+
 
 class BillingClient(BillingRpcClient):
+    def __init__(self, address: str, timeout_seconds: float, *, metrics: GatewayMetrics) -> None:
+        super().__init__(address, timeout_seconds)
+        self._metrics = metrics
+
+    async def check_reachable(self) -> None:
+        """Readiness: the channel to billing is connected (or connects within a moment)."""
+        state = self._channel.get_state(try_to_connect=True)
+        if state == grpc.ChannelConnectivity.READY:
+            return
+        try:
+            await asyncio.wait_for(self._channel.channel_ready(), READY_CHECK_SECONDS)
+        except TimeoutError:
+            raise NotReady(f"not reachable ({state.name.lower()})") from None
+
     async def reserve(
         self,
         *,
@@ -40,6 +61,7 @@ class BillingClient(BillingRpcClient):
                 request, timeout=self._timeout
             )
         except grpc.aio.AioRpcError as error:
+            self._metrics.dependency_failed("billing")
             log.error("billing_reserve_failed", grpc_code=error.code().name, detail=error.details())
             raise BillingUnavailable(
                 "Billing is temporarily unavailable; the request was not served."
@@ -64,4 +86,5 @@ class BillingClient(BillingRpcClient):
                 timeout=self._timeout,
             )
         except grpc.aio.AioRpcError as error:
+            self._metrics.dependency_failed("billing")
             log.warning("billing_release_failed", grpc_code=error.code().name, reason=reason)

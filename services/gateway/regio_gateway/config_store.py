@@ -10,6 +10,7 @@ from nats.js.kv import KeyValue
 from pydantic import ValidationError
 
 from regio_common.config_records import ActivationRecord, ApiKeyRecord, hash_api_key
+from regio_common.ops_server import NotReady
 from regio_common.subjects import ACTIVATION_PREFIX, API_KEY_PREFIX
 
 log = structlog.get_logger()
@@ -29,6 +30,11 @@ class ConfigStore:
         if record is None or record.status != "active":
             return None
         return record
+
+    async def check_synced(self) -> None:
+        """Readiness: keys and activations were read from the bucket (else every key fails)."""
+        if not self.synced.is_set():
+            raise NotReady("keys and activations not synced yet")
 
     def activation(self, account_id: str, route: str, region: str) -> ActivationRecord | None:
         return self._activations.get((account_id, route, region))

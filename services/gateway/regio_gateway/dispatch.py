@@ -19,11 +19,17 @@ from nats.aio.subscription import Subscription
 
 from regio.inference.v1 import inference_pb2
 from regio_common.errors import ServerError, ServiceUnavailable, UpstreamTimeout
-from regio_common.subjects import cancel_subject, infer_subject
+from regio_common.subjects import cancel_subject, infer_subject, worker_infer_subject
+from regio_gateway.metrics import GatewayMetrics
 from regio_gateway.worker_registry import WorkerRegistry
 
 log = structlog.get_logger()
 NO_RESPONDERS_STATUS = "503"
+# Workers asked directly before falling back to the queue groups.
+MAX_DIRECT_OFFERS = 4
+# Retry-After of a 503: a slot frees within seconds; a missing worker takes longer to start.
+BUSY_RETRY_AFTER_SECONDS = 1
+NO_WORKER_RETRY_AFTER_SECONDS = 5
 
 
 def _no_responders(msg: Msg) -> bool:
@@ -40,8 +46,10 @@ class WorkerStream:
         accepted: inference_pb2.InferenceChunk,
         first_chunk_timeout: float,
         inter_chunk_timeout: float,
+        metrics: GatewayMetrics,
     ) -> None:
         self._nc = nc
+        self._metrics = metrics
         self._subscription = subscription
         self.worker_id = accepted.worker_id
         self.country = accepted.country
@@ -81,6 +89,7 @@ class WorkerStream:
                 inference_pb2.CancelRequest(transaction_id=self.transaction_id).SerializeToString(),
             )
         except Exception as error:  # the worker's own deadline stops it if this cannot be sent
+            self._metrics.dependency_failed("nats")
             log.warning("cancel_publish_failed", error=str(error))
 
     async def close(self) -> None:
@@ -97,8 +106,10 @@ class Dispatcher:
         accept_timeout: float,
         first_chunk_timeout: float,
         inter_chunk_timeout: float,
+        metrics: GatewayMetrics,
     ) -> None:
         self._nc = nc
+        self._metrics = metrics
         self._registry = registry
         self._accept_timeout = accept_timeout
         self._first_chunk_timeout = first_chunk_timeout
@@ -107,23 +118,49 @@ class Dispatcher:
     async def open(
         self, request: inference_pb2.InferenceRequest, countries: list[str]
     ) -> WorkerStream:
-        """Give the request to a live worker in one of `countries`, or raise 503."""
-        candidates = self._registry.countries_by_preference(request.route, countries)
+        """Give the request to a live worker in one of `countries`, or raise 503.
+
+        The least loaded workers known from heartbeats are asked directly, one after the other;
+        a full worker answers REJECTED at once, so the next one is asked without waiting. Then
+        each country's queue group is asked, which also reaches workers whose first heartbeat
+        has not arrived yet."""
+        route = request.route
         payload = request.SerializeToString()
-        for country in candidates:
-            stream = await self._offer(payload, country, request.route)
+        workers = self._registry.workers_by_preference(route, countries)
+        for worker in workers[:MAX_DIRECT_OFFERS]:
+            subject = worker_infer_subject(worker.worker_id)
+            stream = await self._offer(payload, subject, worker.country, route)
+            if stream is not None:
+                self._registry.note_dispatched(worker.worker_id)
+                return stream
+        for country in self._registry.countries_by_preference(route, countries):
+            stream = await self._offer(payload, infer_subject(country, route), country, route)
             if stream is not None:
                 return stream
+        if workers:
+            raise ServiceUnavailable(
+                f"Every worker of model '{route}' in region '{request.region}' is busy; "
+                "please retry shortly.",
+                code="capacity_exhausted",
+                retry_after_seconds=BUSY_RETRY_AFTER_SECONDS,
+            )
         raise ServiceUnavailable(
-            f"No capacity for model '{request.route}' in region '{request.region}' right now; "
-            "please retry shortly."
+            f"No capacity for model '{route}' in region '{request.region}' right now; "
+            "please retry shortly.",
+            retry_after_seconds=NO_WORKER_RETRY_AFTER_SECONDS,
         )
 
-    async def _offer(self, payload: bytes, country: str, route: str) -> WorkerStream | None:
+    async def _offer(
+        self, payload: bytes, subject: str, country: str, route: str
+    ) -> WorkerStream | None:
         inbox = self._nc.new_inbox()
-        subscription = await self._nc.subscribe(inbox)
         try:
-            await self._nc.publish(infer_subject(country, route), payload, reply=inbox)
+            subscription = await self._nc.subscribe(inbox)
+        except nats.errors.Error:
+            self._metrics.dependency_failed("nats")
+            raise
+        try:
+            await self._nc.publish(subject, payload, reply=inbox)
             msg = await subscription.next_msg(timeout=self._accept_timeout)
         except nats.errors.TimeoutError:
             log.warning("worker_accept_timeout", country=country, route=route)
@@ -131,6 +168,11 @@ class Dispatcher:
             return None
         except asyncio.CancelledError:
             await subscription.unsubscribe()
+            raise
+        except nats.errors.Error:  # connection closed or its buffer full: still a 500
+            self._metrics.dependency_failed("nats")
+            with contextlib.suppress(Exception):
+                await subscription.unsubscribe()
             raise
         if _no_responders(msg):
             log.warning("no_responders", country=country, route=route)
@@ -142,5 +184,10 @@ class Dispatcher:
             await subscription.unsubscribe()
             return None
         return WorkerStream(
-            self._nc, subscription, chunk, self._first_chunk_timeout, self._inter_chunk_timeout
+            self._nc,
+            subscription,
+            chunk,
+            self._first_chunk_timeout,
+            self._inter_chunk_timeout,
+            self._metrics,
         )

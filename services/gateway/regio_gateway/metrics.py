@@ -1,5 +1,8 @@
-"""Prometheus metrics of the gateway, on their own registry and their own port (never on the
-public API port)."""
+"""Prometheus metrics of the gateway, on their own registry, served by the ops listener (never
+on the public API port).
+
+Label values come from closed sets only (route patterns, catalogue regions and routes, fixed
+reasons), never from raw client input, so a client cannot create new series."""
 
 from __future__ import annotations
 
@@ -8,11 +11,57 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 from aiohttp.typedefs import Middleware
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+from regio_common.errors import (
+    AuthenticationFailed,
+    BillingUnavailable,
+    ClientError,
+    InsufficientBudget,
+    ModelNotFound,
+    RegioError,
+    RegionMismatch,
+    ServiceUnavailable,
+)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+RegionOf = Callable[[web.Request], str]
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+
+REFUSAL_REASONS = (
+    "invalid_request",
+    "authentication",
+    "insufficient_budget",
+    "model_not_found",
+    "region_mismatch",
+    "no_worker",
+    "rate_limited",
+    "upstream_error",
+)
+DEPENDENCIES = ("nats", "billing")
+# The missing-key answer is a 400 invalid_value naming this param (the seed's table).
+AUTHORIZATION_PARAM = "Authorization"
+
+
+def refusal_reason(error: RegioError | web.HTTPException) -> str:
+    """The contract's reason for an error answered to a client."""
+    if isinstance(error, web.HTTPException):  # unknown URL, wrong method, ...
+        return "invalid_request" if error.status < 500 else "upstream_error"
+    if isinstance(error, AuthenticationFailed) or error.param == AUTHORIZATION_PARAM:
+        return "authentication"
+    if isinstance(error, InsufficientBudget):
+        return "insufficient_budget"
+    if isinstance(error, ModelNotFound):
+        return "model_not_found"
+    if isinstance(error, RegionMismatch):
+        return "region_mismatch"
+    if error.status == 429:
+        return "rate_limited"
+    if isinstance(error, ClientError):
+        return "invalid_request"
+    if isinstance(error, ServiceUnavailable) and not isinstance(error, BillingUnavailable):
+        return "no_worker"
+    return "upstream_error"  # billing down, worker failed or went silent
 
 
 class GatewayMetrics:
@@ -20,21 +69,21 @@ class GatewayMetrics:
         self.registry = CollectorRegistry()
         self.requests = Counter(
             "regio_gateway_requests",
-            "HTTP requests answered, by route pattern and status.",
-            ["path", "status"],
+            "HTTP requests answered, by route pattern, endpoint region and status.",
+            ["path", "region", "status"],
             registry=self.registry,
         )
         self.request_seconds = Histogram(
             "regio_gateway_request_duration_seconds",
             "Time to answer a request (to the last byte for streams).",
-            ["path"],
+            ["path", "region"],
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
         self.first_token_seconds = Histogram(
             "regio_gateway_time_to_first_token_seconds",
             "From the request's arrival to its first generated text.",
-            ["model"],
+            ["model", "region"],
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
@@ -44,31 +93,66 @@ class GatewayMetrics:
             ["model", "kind"],
             registry=self.registry,
         )
+        self.refusals = Counter(
+            "regio_gateway_refusals",
+            "Requests refused or failed with an error answer, by reason.",
+            ["reason"],
+            registry=self.registry,
+        )
+        self.dependency_errors = Counter(
+            "regio_gateway_dependency_errors",
+            "Failed calls to a dependency (nats, billing).",
+            ["dependency"],
+            registry=self.registry,
+        )
+        # Every series exists from the start, so that rate() and alerts see a zero, not nothing.
+        for reason in REFUSAL_REASONS:
+            self.refusals.labels(reason)
+        for dependency in DEPENDENCIES:
+            self.dependency_errors.labels(dependency)
 
     def observe_usage(self, model: str, prompt_tokens: int, completion_tokens: int) -> None:
         self.tokens.labels(model, "prompt").inc(prompt_tokens)
         self.tokens.labels(model, "completion").inc(completion_tokens)
 
-    def middleware(self) -> Middleware:
+    def observe_first_token(self, model: str, region: str, seconds: float) -> None:
+        self.first_token_seconds.labels(model, region).observe(seconds)
+
+    def refused(self, error: RegioError | web.HTTPException) -> None:
+        self.refusals.labels(refusal_reason(error)).inc()
+
+    def dependency_failed(self, dependency: str) -> None:
+        self.dependency_errors.labels(dependency).inc()
+
+    def middleware(self, region_of: RegionOf) -> Middleware:
+        """Requests and latency; outermost, so that it sees the rendered error responses."""
+
         @web.middleware
         async def measure(request: web.Request, handler: Handler) -> web.StreamResponse:
             started = time.perf_counter()
             # The route pattern, not the raw path: unknown URLs must not create new series.
             resource = request.match_info.route.resource
             path = resource.canonical if resource is not None else "unmatched"
+            region = region_of(request)
             response = await handler(request)
-            self.requests.labels(path, str(response.status)).inc()
-            self.request_seconds.labels(path).observe(time.perf_counter() - started)
+            self.requests.labels(path, region, str(response.status)).inc()
+            self.request_seconds.labels(path, region).observe(time.perf_counter() - started)
             return response
 
         return measure
 
-    async def handle_scrape(self, request: web.Request) -> web.Response:
-        return web.Response(
-            body=generate_latest(self.registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
-        )
+    def refusal_middleware(self) -> Middleware:
+        """Refusals by reason; innermost (inside the error rendering), so that it sees the
+        error itself. Only the error a client receives counts: a fallback model that failed
+        before another one answered is not a refusal."""
 
-    def scrape_app(self) -> web.Application:
-        app = web.Application()
-        app.router.add_get("/metrics", self.handle_scrape)
-        return app
+        @web.middleware
+        async def count_refusals(request: web.Request, handler: Handler) -> web.StreamResponse:
+            try:
+                return await handler(request)
+            except (RegioError, web.HTTPException) as error:
+                if not (isinstance(error, web.HTTPException) and error.status < 400):
+                    self.refused(error)
+                raise
+
+        return count_refusals

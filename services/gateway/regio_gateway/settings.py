@@ -16,7 +16,9 @@ class GatewaySettings(LoggingSettings, NatsSettings, CatalogueSettings, BillingC
     gateway_host: str = Field("127.0.0.1", description="Address the gateway listens on.")
     gateway_port: int = Field(8080, description="Port the gateway listens on.")
     gateway_metrics_port: int = Field(
-        9464, description="Port of the Prometheus `/metrics` endpoint (0: not served)."
+        9464,
+        description="Port of the ops listener: `/health`, `/ready` and Prometheus `/metrics` "
+        "(0: not served; never the API port).",
     )
     default_region: str = Field(
         "eu", description="Region of requests whose Host does not start with a known region."

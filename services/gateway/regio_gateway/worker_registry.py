@@ -48,6 +48,36 @@ class WorkerRegistry:
             del self._workers[worker_id]
         return [state.heartbeat for state in self._workers.values()]
 
+    def workers_by_preference(
+        self, route: str, countries: list[str]
+    ) -> list[inference_pb2.WorkerHeartbeat]:
+        """Live workers of the route in these countries, most spare capacity first (free slots
+        minus queued requests; ties in random order, so that gateways spread their load)."""
+        now = self._clock()
+        states = [
+            state
+            for state in self._workers.values()
+            if state.heartbeat.route == route
+            and state.heartbeat.country in countries
+            and self._alive(state, now)
+        ]
+        random.shuffle(states)
+        states.sort(key=lambda state: state.free_capacity, reverse=True)
+        return [state.heartbeat for state in states]
+
+    def note_dispatched(self, worker_id: str) -> None:
+        """Count a request just handed to a worker until its next heartbeat says how busy it
+        really is: a burst arriving between two beats spreads over the workers."""
+        state = self._workers.get(worker_id)
+        if state is not None:
+            beat = inference_pb2.WorkerHeartbeat()
+            beat.CopyFrom(state.heartbeat)
+            if beat.slots_busy < beat.slots_total:
+                beat.slots_busy += 1
+            else:
+                beat.queued += 1
+            state.heartbeat = beat
+
     def countries_by_preference(self, route: str, countries: list[str]) -> list[str]:
         """Countries of the region with a live worker for the route, most spare capacity first."""
         now = self._clock()

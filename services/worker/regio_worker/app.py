@@ -10,11 +10,14 @@ import sys
 from collections.abc import Callable
 
 import structlog
+from nats.aio.client import Client
 
 from regio_common.catalogue import Catalogue, Route
 from regio_common.nats_connection import connect_nats
+from regio_common.ops_server import NotReady, OpsServer
 from regio_worker.engine.base import Engine
 from regio_worker.engine.scripted import ScriptedEngine
+from regio_worker.metrics import WorkerMetrics
 from regio_worker.model_files import resolve_model_path
 from regio_worker.protocol import WorkerIdentity
 from regio_worker.server import WorkerServer
@@ -48,17 +51,31 @@ def build_engine(settings: WorkerSettings, route: Route) -> Engine:
     if settings.worker_engine == "openai_proxy":
         return build_openai_proxy_engine(settings)
     # Imported here: a scripted worker needs no llama.cpp library.
-    from regio_worker.engine.llama_cpp import LlamaCppEngine
+    from regio_worker.engine.llama_batched import BatchedLlamaEngine, GpuPlacement
 
     model_path = resolve_model_path(route.source, settings.models_dir)
     n_ctx = settings.worker_n_ctx or route.context_length
-    log.info("model_loading", path=str(model_path), n_ctx=n_ctx, threads=settings.worker_threads)
-    return LlamaCppEngine(
+    log.info(
+        "model_loading",
+        path=str(model_path),
+        n_ctx=n_ctx,
+        threads=settings.worker_threads,
+        slots=settings.worker_slots,
+    )
+    return BatchedLlamaEngine(
         model_path,
         chat_format=route.source.chat_format,
         n_ctx=n_ctx,
         n_threads=settings.worker_threads,
-        n_gpu_layers=settings.worker_n_gpu_layers,
+        slots=settings.worker_slots,
+        n_batch=settings.worker_n_batch,
+        gpu=GpuPlacement(
+            n_gpu_layers=settings.worker_n_gpu_layers,
+            split_mode=settings.worker_split_mode,
+            main_gpu=settings.worker_main_gpu,
+            tensor_split=settings.worker_tensor_split,
+            flash_attention=settings.worker_flash_attention,
+        ),
     )
 
 
@@ -125,6 +142,25 @@ class SignalHandling:
         self._exit_process(0)
 
 
+class WorkerReadiness:
+    """What the ops listener's /ready reports while the worker starts: the model is loaded, and
+    NATS is connected."""
+
+    def __init__(self) -> None:
+        self.model_loaded = False
+        self.nats: Client | None = None
+
+    async def check_model(self) -> None:
+        if not self.model_loaded:
+            raise NotReady("model not loaded yet")
+
+    async def check_nats(self) -> None:
+        if self.nats is None:
+            raise NotReady("not connected yet")
+        if not self.nats.is_connected:
+            raise NotReady("not connected")
+
+
 async def run_worker(settings: WorkerSettings) -> None:
     """Serve until SIGTERM or SIGINT, then drain and return. A signal during start-up raises
     asyncio.CancelledError instead."""
@@ -133,15 +169,41 @@ async def run_worker(settings: WorkerSettings) -> None:
         settings.resolved_worker_id, settings.worker_country, settings.worker_route
     )
     route = load_route(settings)
+    metrics = WorkerMetrics(identity.route)
+    readiness = WorkerReadiness()
+    # Up before the model loads (minutes for a large one): liveness answers meanwhile.
+    ops = OpsServer(
+        metrics.registry, {"nats": readiness.check_nats, "model": readiness.check_model}
+    )
+    await ops.start(settings.worker_metrics_host, settings.worker_metrics_port)
+    try:
+        await _load_and_serve(settings, identity, route, signals, metrics, readiness)
+    finally:
+        await ops.stop()
+    log.info("worker_stopped")
+
+
+async def _load_and_serve(
+    settings: WorkerSettings,
+    identity: WorkerIdentity,
+    route: Route,
+    signals: SignalHandling,
+    metrics: WorkerMetrics,
+    readiness: WorkerReadiness,
+) -> None:
     engine = await asyncio.to_thread(build_engine, settings, route)
+    readiness.model_loaded = True
     try:
         nc = await connect_nats(settings.nats_url, name=f"regio-worker-{identity.worker_id}")
+        readiness.nats = nc
         server = WorkerServer(
             nc,
             engine,
             identity,
             queue_limit=settings.worker_queue_limit,
             heartbeat_interval_ms=settings.heartbeat_interval_ms,
+            metrics=metrics,
+            stream_replicas=settings.nats_stream_replicas,
         )
         await server.start()
         signals.serving()
@@ -159,4 +221,3 @@ async def run_worker(settings: WorkerSettings) -> None:
         await nc.drain()
     finally:
         await engine.close()
-    log.info("worker_stopped")

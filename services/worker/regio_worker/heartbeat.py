@@ -33,8 +33,10 @@ class HeartbeatPublisher:
         identity: WorkerIdentity,
         interval_ms: int,
         load: Callable[[], LoadReport],
+        on_publish_error: Callable[[], None] | None = None,
     ) -> None:
         self._nc = nc
+        self._on_publish_error = on_publish_error
         self._identity = identity
         self._interval_ms = interval_ms
         self._load = load
@@ -59,6 +61,8 @@ class HeartbeatPublisher:
         try:
             await self._nc.publish(subject, self.heartbeat().SerializeToString())
         except Exception as error:  # the next beat tries again; gateways tolerate gaps
+            if self._on_publish_error is not None:
+                self._on_publish_error()
             log.warning("heartbeat_publish_failed", error=repr(error))
 
     def start(self) -> None:

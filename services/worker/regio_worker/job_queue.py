@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from regio.inference.v1 import inference_pb2
@@ -20,6 +22,10 @@ class Job:
     # Set once ACCEPTED (sequence 0) is out, so that no later chunk can overtake it.
     accepted: asyncio.Event = field(default_factory=asyncio.Event)
     _sequences: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
+    # Monotonic times, for the time to first token (queueing included) and the decode speed.
+    admitted_at: float = field(default_factory=time.monotonic)
+    first_text_at: float | None = None
+    last_text_at: float | None = None
 
     @property
     def transaction_id(self) -> str:
@@ -29,13 +35,40 @@ class Job:
         """Sequence numbers of the chunks after ACCEPTED: 1, 2, ..."""
         return next(self._sequences)
 
+    def text_sent(self) -> None:
+        now = time.monotonic()
+        if self.first_text_at is None:
+            self.first_text_at = now
+        self.last_text_at = now
+
+    @property
+    def first_text_seconds(self) -> float | None:
+        return None if self.first_text_at is None else self.first_text_at - self.admitted_at
+
+    @property
+    def decode_seconds(self) -> float | None:
+        if self.first_text_at is None or self.last_text_at is None:
+            return None
+        return self.last_text_at - self.first_text_at
+
+
+LoadListener = Callable[[int, int], None]  # (queued, free slots)
+
 
 class JobQueue:
-    def __init__(self, slots: int, queue_limit: int) -> None:
+    def __init__(
+        self, slots: int, queue_limit: int, on_load_change: LoadListener | None = None
+    ) -> None:
         self._slots = slots
         self._queue_limit = queue_limit
         self._waiting: deque[Job] = deque()
         self._running: dict[str, Job] = {}
+        self._on_load_change = on_load_change
+        self._load_changed()
+
+    def _load_changed(self) -> None:
+        if self._on_load_change is not None:
+            self._on_load_change(self.queued, self._slots - self.busy)
 
     @property
     def slots_total(self) -> int:
@@ -56,6 +89,7 @@ class JobQueue:
         if not self.has_room():
             raise RuntimeError("the job queue is full")
         self._waiting.append(job)
+        self._load_changed()
 
     def start_next(self) -> Job | None:
         """The next waiting job, now counted as running, if a slot is free."""
@@ -63,10 +97,12 @@ class JobQueue:
             return None
         job = self._waiting.popleft()
         self._running[job.transaction_id] = job
+        self._load_changed()
         return job
 
     def finish(self, transaction_id: str) -> None:
-        self._running.pop(transaction_id, None)
+        if self._running.pop(transaction_id, None) is not None:
+            self._load_changed()
 
     def is_running(self, transaction_id: str) -> bool:
         return transaction_id in self._running
@@ -76,5 +112,6 @@ class JobQueue:
         for job in self._waiting:
             if job.transaction_id == transaction_id:
                 self._waiting.remove(job)
+                self._load_changed()
                 return job
         return None

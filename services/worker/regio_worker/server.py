@@ -17,7 +17,12 @@ from nats.aio.subscription import Subscription
 
 from regio.inference.v1 import inference_pb2
 from regio_common.errors import GENERATION_FAILED
-from regio_common.subjects import cancel_subject, infer_subject, worker_queue_group
+from regio_common.subjects import (
+    cancel_subject,
+    infer_subject,
+    worker_infer_subject,
+    worker_queue_group,
+)
 from regio_common.usage_stream import ensure_usage_stream
 from regio_worker.engine.base import (
     Engine,
@@ -28,6 +33,7 @@ from regio_worker.engine.base import (
 )
 from regio_worker.heartbeat import HeartbeatPublisher, LoadReport
 from regio_worker.job_queue import Job, JobQueue
+from regio_worker.metrics import WorkerMetrics
 from regio_worker.protocol import (
     WorkerIdentity,
     accepted_chunk,
@@ -57,16 +63,23 @@ class WorkerServer:
         *,
         queue_limit: int,
         heartbeat_interval_ms: int,
+        metrics: WorkerMetrics | None = None,
+        stream_replicas: int = 1,
     ) -> None:
         self._nc = nc
+        self._stream_replicas = stream_replicas
         self._engine = engine
         self.identity = identity
-        self._jobs = JobQueue(engine.slots_total, queue_limit)
+        self.metrics = metrics or WorkerMetrics(identity.route)
+        self._jobs = JobQueue(engine.slots_total, queue_limit, self.metrics.load_changed)
         self._usage = UsagePublisher(nc.jetstream())
-        self._heartbeat = HeartbeatPublisher(nc, identity, heartbeat_interval_ms, self.load)
+        self._heartbeat = HeartbeatPublisher(
+            nc, identity, heartbeat_interval_ms, self.load, self.metrics.nats_errors.inc
+        )
         self._tasks: set[asyncio.Task[None]] = set()
         self._draining = False
         self._request_subscription: Subscription | None = None
+        self._direct_subscription: Subscription | None = None
         self._cancel_subscription: Subscription | None = None
 
     def load(self) -> LoadReport:
@@ -78,7 +91,7 @@ class WorkerServer:
         )
 
     async def start(self) -> None:
-        await ensure_usage_stream(self._nc.jetstream())
+        await ensure_usage_stream(self._nc.jetstream(), self._stream_replicas)
         # Cancels first: a request accepted a moment later can always be cancelled.
         self._cancel_subscription = await self._nc.subscribe(
             cancel_subject(self.identity.worker_id), cb=self._on_cancel
@@ -88,6 +101,10 @@ class WorkerServer:
             infer_subject(country, route),
             queue=worker_queue_group(country, route),
             cb=self._on_request,
+        )
+        # Gateways that know this worker's load from its heartbeats address it directly.
+        self._direct_subscription = await self._nc.subscribe(
+            worker_infer_subject(self.identity.worker_id), cb=self._on_request
         )
         await self._wait_until_subscriptions_registered()
         self._heartbeat.start()  # the first beat goes out at once
@@ -106,11 +123,12 @@ class WorkerServer:
         """Stop taking requests, finish the accepted ones, flush usage records."""
         self._draining = True
         await self._heartbeat.publish()  # gateways stop routing here before we unsubscribe
-        if self._request_subscription is not None:
-            # Requests already delivered are still answered (REJECTED: the gateway retries
-            # elsewhere at once instead of waiting for a timeout).
-            with contextlib.suppress(Exception):
-                await self._request_subscription.drain()  # type: ignore[no-untyped-call]
+        for subscription in (self._request_subscription, self._direct_subscription):
+            if subscription is not None:
+                # Requests already delivered are still answered (REJECTED: the gateway retries
+                # elsewhere at once instead of waiting for a timeout).
+                with contextlib.suppress(Exception):
+                    await subscription.drain()  # type: ignore[no-untyped-call]
         while self._tasks:
             await asyncio.wait(set(self._tasks))
         await self._heartbeat.stop()
@@ -130,12 +148,14 @@ class WorkerServer:
             request = inference_pb2.InferenceRequest.FromString(msg.data)
         except DecodeError:
             log.warning("request_malformed", size=len(msg.data))
+            self.metrics.request_done("rejected")
             await self._reply(msg.reply, rejected_chunk("", self.identity, "malformed request"))
             return
         with structlog.contextvars.bound_contextvars(transaction_id=request.transaction_id):
             reason = self._rejection_reason(request)
             if reason is not None:
                 log.info("request_rejected", reason=reason)
+                self.metrics.request_done("rejected")
                 chunk = rejected_chunk(request.transaction_id, self.identity, reason)
                 await self._reply(msg.reply, chunk)
                 return
@@ -147,6 +167,8 @@ class WorkerServer:
             log.info("request_accepted", queued=self._jobs.queued, busy=self._jobs.busy)
 
     def _rejection_reason(self, request: inference_pb2.InferenceRequest) -> str | None:
+        if request.route != self.identity.route:
+            return f"this worker serves route '{self.identity.route}' only"
         if self._draining:
             return "worker is shutting down"
         if request.deadline_unix_ms and _now_ms() >= request.deadline_unix_ms:
@@ -183,6 +205,7 @@ class WorkerServer:
                         return event
                     assert isinstance(event, TextDelta)
                     chunk = delta_chunk(job.transaction_id, job.next_sequence(), event.text)
+                    job.text_sent()
                     if not await self._reply(job.reply_subject, chunk):
                         self._engine.abort(job.transaction_id)  # nobody can read it any more
                     deltas_sent += 1
@@ -205,6 +228,12 @@ class WorkerServer:
         await self._reply(job.reply_subject, chunk)
         self._usage.submit(usage_record(job.request, self.identity, finished, _now_ms()))
         usage = finished.usage
+        self.metrics.generation_finished(
+            finished.finish_reason,
+            usage.completion_tokens,
+            job.first_text_seconds,
+            job.decode_seconds,
+        )
         log.info(
             "request_finished",
             finish_reason=finished.finish_reason.value,
@@ -219,6 +248,7 @@ class WorkerServer:
         try:
             await self._nc.publish(subject, chunk.SerializeToString())
         except Exception as error:  # connection closed: the stream is lost, the record is not
+            self.metrics.nats_errors.inc()
             log.warning("reply_publish_failed", kind=chunk.kind, error=repr(error))
             return False
         return True

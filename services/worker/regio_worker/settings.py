@@ -53,11 +53,55 @@ class WorkerSettings(LoggingSettings, NatsSettings, CatalogueSettings):
         'build of llama-cpp-python (installed with CMAKE_ARGS="-DGGML_CUDA=on"); the CPU build '
         "ignores it.",
     )
+    worker_slots: int = Field(
+        4,
+        ge=1,
+        le=256,
+        description="Generations the llama.cpp engine decodes together (continuous batching); "
+        "each gets the full context window, and the KV cache is sized for all of them.",
+    )
+    worker_n_batch: int = Field(
+        512,
+        ge=32,
+        description="Tokens per llama_decode step: one per running generation plus chunks of "
+        "new prompts.",
+    )
+    worker_split_mode: Literal["none", "layer", "row"] = Field(
+        "layer",
+        description="How a model spreads over several GPUs: `layer` (layers and KV cache split), "
+        "`row` (tensor parallelism where supported) or `none` (only REGIO_WORKER_MAIN_GPU).",
+    )
+    worker_main_gpu: int = Field(
+        0,
+        ge=0,
+        description="The GPU used with split mode `none` (and for small tensors with `row`).",
+    )
+    worker_tensor_split: list[float] | None = Field(
+        None,
+        description="Share of the model per GPU, as a JSON list (e.g. `[3, 1]`); default: by "
+        "free memory.",
+    )
+    worker_flash_attention: bool | None = Field(
+        None,
+        description="Force llama.cpp's flash attention on or off (default: llama.cpp decides; "
+        "worth enabling on GPUs).",
+    )
     worker_queue_limit: int = Field(
         16,
         ge=0,
         description="Requests that may wait for a free slot; beyond that new ones are rejected "
         "so that the gateway tries another worker.",
+    )
+    worker_metrics_port: int = Field(
+        9465,
+        ge=0,
+        description="Port of the worker's ops listener: `/health`, `/ready` (NATS connected, "
+        "model loaded) and Prometheus `/metrics` (0: not served).",
+    )
+    worker_metrics_host: str = Field(
+        "0.0.0.0",
+        description="Address of the worker's ops listener (all interfaces by default, so that "
+        "the kubelet's probes and Prometheus reach it: the worker has no other listener).",
     )
     heartbeat_interval_ms: int = Field(
         1000, gt=0, description="Milliseconds between two heartbeats of this worker."

@@ -1,9 +1,12 @@
-"""LlamaCppEngine on the real Gemma 3 270M GGUF: exact usage, free system prompt, max_tokens,
-stop strings, abort, context limits. The model is loaded once for the module (about a second);
-generations are short and greedy (temperature 0) so that runs can be compared."""
+"""BatchedLlamaEngine on the real Gemma 3 270M GGUF: exact usage, free system prompt,
+max_tokens, stop strings, abort, context limits, generations decoded together, prefix reuse.
+The model is loaded once for the module (about a second); generations are short and greedy
+(temperature 0) so that runs can be compared."""
 
 from __future__ import annotations
 
+import asyncio
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -21,18 +24,21 @@ from regio_worker.engine.base import (
     GenerationRequest,
     TextDelta,
 )
-from regio_worker.engine.llama_cpp import LlamaCppEngine, token_piece
+from regio_worker.engine.batch_scheduler import token_piece
+from regio_worker.engine.llama_batched import BatchedLlamaEngine
 
 STORY = "Write a long story about a dragon."
+SLOTS = 3
 
 
 @pytest.fixture(scope="module")
-async def engine(gemma_model_path: Path, gemma_route: Route) -> AsyncIterator[LlamaCppEngine]:
-    loaded = LlamaCppEngine(
+async def engine(gemma_model_path: Path, gemma_route: Route) -> AsyncIterator[BatchedLlamaEngine]:
+    loaded = BatchedLlamaEngine(
         gemma_model_path,
         chat_format=gemma_route.source.chat_format,
         n_ctx=gemma_route.context_length,
         n_threads=2,
+        slots=SLOTS,
     )
     yield loaded
     await loaded.close()
@@ -61,7 +67,9 @@ def greedy(prompt: str, **fields: object) -> GenerationRequest:
     )
 
 
-async def run(engine: LlamaCppEngine, request: GenerationRequest) -> tuple[str, GenerationFinished]:
+async def run(
+    engine: BatchedLlamaEngine, request: GenerationRequest
+) -> tuple[str, GenerationFinished]:
     events: list[GenerationEvent] = [event async for event in engine.generate(request)]
     *deltas, final = events
     assert isinstance(final, GenerationFinished)
@@ -70,7 +78,7 @@ async def run(engine: LlamaCppEngine, request: GenerationRequest) -> tuple[str, 
 
 
 async def test_prompt_tokens_equal_the_tokens_of_the_formatted_prompt(
-    engine: LlamaCppEngine, vocabulary: Llama
+    engine: BatchedLlamaEngine, vocabulary: Llama
 ) -> None:
     question = "What is the capital of France?"
     _, final = await run(engine, greedy(question, max_tokens=1))
@@ -80,7 +88,7 @@ async def test_prompt_tokens_equal_the_tokens_of_the_formatted_prompt(
 
 
 async def test_free_system_prompt_is_kept_but_reported_apart_from_billable_tokens(
-    engine: LlamaCppEngine, vocabulary: Llama
+    engine: BatchedLlamaEngine, vocabulary: Llama
 ) -> None:
     question = "What is the capital of France?"
     free = "You are a geography teacher. Answer in one short sentence."
@@ -92,7 +100,9 @@ async def test_free_system_prompt_is_kept_but_reported_apart_from_billable_token
     assert final.usage.free_prompt_tokens == everything - billable > 10
 
 
-async def test_max_tokens_gives_exactly_that_many_tokens_and_length(engine: LlamaCppEngine) -> None:
+async def test_max_tokens_gives_exactly_that_many_tokens_and_length(
+    engine: BatchedLlamaEngine,
+) -> None:
     text, final = await run(engine, greedy(STORY, max_tokens=5))
     assert final.finish_reason is FinishReason.LENGTH
     assert final.usage.completion_tokens == 5
@@ -100,7 +110,7 @@ async def test_max_tokens_gives_exactly_that_many_tokens_and_length(engine: Llam
 
 
 async def test_a_stop_string_ends_the_answer_and_never_appears_in_it(
-    engine: LlamaCppEngine,
+    engine: BatchedLlamaEngine,
 ) -> None:
     unstopped, _ = await run(engine, greedy(STORY, max_tokens=24))
     middle = len(unstopped) // 2
@@ -112,7 +122,7 @@ async def test_a_stop_string_ends_the_answer_and_never_appears_in_it(
 
 
 async def test_abort_mid_generation_ends_cancelled_with_exact_counts(
-    engine: LlamaCppEngine,
+    engine: BatchedLlamaEngine,
 ) -> None:
     request = greedy(STORY, max_tokens=300)
     deltas: list[str] = []
@@ -134,7 +144,7 @@ async def test_abort_mid_generation_ends_cancelled_with_exact_counts(
     assert text == "".join(deltas)
 
 
-async def test_same_seed_gives_the_same_sampled_answer(engine: LlamaCppEngine) -> None:
+async def test_same_seed_gives_the_same_sampled_answer(engine: BatchedLlamaEngine) -> None:
     def seeded(seed: int) -> GenerationRequest:
         return greedy(STORY, max_tokens=8, temperature=1.0, seed=seed)
 
@@ -146,7 +156,7 @@ async def test_same_seed_gives_the_same_sampled_answer(engine: LlamaCppEngine) -
 
 
 async def test_identical_prompt_reuses_the_kv_cache_and_reports_cached_tokens(
-    engine: LlamaCppEngine,
+    engine: BatchedLlamaEngine,
 ) -> None:
     question = "Name three colours."
     await run(engine, greedy(question, max_tokens=1))
@@ -156,7 +166,7 @@ async def test_identical_prompt_reuses_the_kv_cache_and_reports_cached_tokens(
 
 
 async def test_prompt_longer_than_the_context_is_an_error_with_a_clear_message(
-    engine: LlamaCppEngine,
+    engine: BatchedLlamaEngine,
 ) -> None:
     text, final = await run(engine, greedy("hello " * 9000, max_tokens=10))
     assert text == ""
@@ -170,7 +180,7 @@ async def test_max_tokens_is_clamped_to_what_fits_in_the_context(
     gemma_model_path: Path,
 ) -> None:
     # llama.cpp rounds the context up to a multiple of 256: ask for the smallest one.
-    small = LlamaCppEngine(gemma_model_path, chat_format="gemma", n_ctx=256, n_threads=2)
+    small = BatchedLlamaEngine(gemma_model_path, chat_format="gemma", n_ctx=256, n_threads=2)
     try:
 
         def prompt_length(words: int) -> int:
@@ -194,3 +204,85 @@ def test_long_token_pieces_are_not_lost(gemma_model_path: Path, vocabulary: Llam
     assert len(tokens) == 1 and len(word.encode()) > 32
     vocab = llama_cpp.llama_model_get_vocab(vocabulary.model)
     assert token_piece(vocab, tokens[0]).decode() == word
+
+
+async def timed_run(
+    engine: BatchedLlamaEngine, request: GenerationRequest, started: float
+) -> tuple[float, float, GenerationFinished]:
+    """(first text, end) in seconds since `started`, and the final event."""
+    first: float | None = None
+    final: GenerationFinished | None = None
+    async for event in engine.generate(request):
+        if isinstance(event, TextDelta) and first is None:
+            first = time.perf_counter() - started
+        elif isinstance(event, GenerationFinished):
+            final = event
+    assert first is not None and final is not None
+    return first, time.perf_counter() - started, final
+
+
+async def test_generations_up_to_the_slot_count_stream_at_the_same_time(
+    engine: BatchedLlamaEngine,
+) -> None:
+    started = time.perf_counter()
+    runs = await asyncio.gather(
+        *(
+            timed_run(engine, greedy(f"{STORY} Number {n}.", max_tokens=40), started)
+            for n in range(SLOTS)
+        )
+    )
+    for _, _, final in runs:
+        assert final.finish_reason is FinishReason.LENGTH
+        assert final.usage.completion_tokens == 40
+    # Decoded together: every stream began before any of them ended (one at a time, the last
+    # one would wait for two whole answers).
+    assert max(first for first, _, _ in runs) < min(end for _, end, _ in runs)
+
+
+async def test_a_request_beyond_the_slots_waits_and_then_completes(
+    engine: BatchedLlamaEngine,
+) -> None:
+    started = time.perf_counter()
+    runs = await asyncio.gather(
+        *(
+            timed_run(engine, greedy(f"{STORY} Part {n}.", max_tokens=12), started)
+            for n in range(SLOTS + 1)
+        )
+    )
+    assert [final.usage.completion_tokens for _, _, final in runs] == [12] * (SLOTS + 1)
+    firsts = sorted(first for first, _, _ in runs)
+    assert firsts[-1] >= min(end for _, end, _ in runs)  # the last one waited for a free slot
+
+
+async def test_aborting_one_generation_leaves_the_others_running(
+    engine: BatchedLlamaEngine,
+) -> None:
+    victim = greedy(STORY, max_tokens=200)
+    keeper = greedy(f"{STORY} Another one.", max_tokens=30)
+
+    async def abort_soon() -> GenerationFinished:
+        final: GenerationFinished | None = None
+        async for event in engine.generate(victim):
+            if isinstance(event, TextDelta):
+                engine.abort(victim.transaction_id)
+            else:
+                final = event
+        assert final is not None
+        return final
+
+    aborted, (_, kept) = await asyncio.gather(abort_soon(), run(engine, keeper))
+    assert aborted.finish_reason is FinishReason.CANCELLED
+    assert aborted.usage.completion_tokens < 20
+    assert kept.finish_reason is FinishReason.LENGTH and kept.usage.completion_tokens == 30
+
+
+async def test_a_shared_free_system_prompt_is_reused_from_the_kv_cache(
+    engine: BatchedLlamaEngine,
+) -> None:
+    free = "You are a terse assistant for a bakery. Answer with one word when you can."
+    await run(engine, greedy("Name a bread.", max_tokens=1, free_system_prompt=free))
+    _, final = await run(engine, greedy("Name a cake.", max_tokens=1, free_system_prompt=free))
+    # The free prompt's tokens come first and are free anyway; the user turn's opening tokens
+    # shared with the previous prompt are the billable part that was reused.
+    assert final.usage.free_prompt_tokens > 10
+    assert 0 < final.usage.cached_tokens < final.usage.prompt_tokens

@@ -49,3 +49,24 @@ def test_silent_and_draining_workers_are_not_live() -> None:
     assert registry.live_workers() == []
     registry.observe(heartbeat("w1", "de", draining=True))
     assert registry.countries_by_preference("liv", ["de"]) == []
+
+
+def test_workers_are_offered_least_loaded_first_within_the_region_only() -> None:
+    registry = WorkerRegistry(expiry_factor=3, clock=FakeClock())
+    registry.observe(heartbeat("full", "de", busy=4))
+    registry.observe(heartbeat("idle", "de", busy=0))
+    registry.observe(heartbeat("half", "de", busy=2))
+    registry.observe(heartbeat("abroad", "nl", busy=0))
+    ordered = registry.workers_by_preference("liv", ["de"])
+    assert [worker.worker_id for worker in ordered] == ["idle", "half", "full"]
+
+
+def test_a_dispatch_counts_against_a_worker_until_its_next_heartbeat() -> None:
+    registry = WorkerRegistry(expiry_factor=3, clock=FakeClock())
+    registry.observe(heartbeat("a", "de", busy=1))
+    registry.observe(heartbeat("b", "de", busy=2))
+    registry.note_dispatched("a")
+    registry.note_dispatched("a")  # a now looks busier than b: 3 of 4 slots
+    assert [w.worker_id for w in registry.workers_by_preference("liv", ["de"])] == ["b", "a"]
+    registry.observe(heartbeat("a", "de", busy=0))  # the truth replaces the estimate
+    assert registry.workers_by_preference("liv", ["de"])[0].worker_id == "a"

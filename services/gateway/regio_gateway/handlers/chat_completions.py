@@ -25,7 +25,7 @@ from regio_common.errors import (
     UpstreamTimeout,
 )
 from regio_common.http_middleware import TRANSACTION_HEADER, TRANSACTION_KEY
-from regio_gateway.auth import authenticate
+from regio_gateway.auth import API_KEY_RECORD, authenticate
 from regio_gateway.dispatch import WorkerStream
 from regio_gateway.handlers.body import read_json_body
 from regio_gateway.handlers.routing import resolve_activation
@@ -63,9 +63,10 @@ async def create_chat_completion(request: web.Request) -> web.StreamResponse:
     transaction_id: str = request[TRANSACTION_KEY]
     log.info("dispatched", route=route.name, region=region, country=stream.country)
     try:
+        timing = _FirstToken(state, route.name, region, arrived)
         if body.stream:
-            return await _stream_answer(request, state, body, route.name, stream, arrived)
-        return await _json_answer(state, route.name, stream, arrived)
+            return await _stream_answer(request, state, body, route.name, stream, timing)
+        return await _json_answer(state, route.name, stream, timing)
     except UpstreamTimeout:
         # The worker went silent (likely gone): its usage record may never come.
         await state.billing.release(transaction_id, "worker silent")
@@ -97,7 +98,12 @@ async def _dispatch_first_available(
     for model in body.candidate_models:
         try:
             route, activation = resolve_activation(
-                state.catalogue, state.config, account_id, model, region
+                state.catalogue,
+                state.config,
+                account_id,
+                model,
+                region,
+                request.get(API_KEY_RECORD),
             )
             body.check_supported(route)
             transaction_id = base_id if holds == 0 else f"{base_id}-{holds + 1}"
@@ -142,25 +148,30 @@ def _completion_id(stream: WorkerStream) -> str:
     return f"chatcmpl-{stream.transaction_id}"
 
 
-def _observe_first_text(
-    state: GatewayState, model: str, chunk: inference_pb2.InferenceChunk, arrived: float | None
-) -> float | None:
-    """Records the time to first token once; returns None after it did."""
-    if arrived is not None and (chunk.text_delta or chunk.reasoning_delta):
-        state.metrics.first_token_seconds.labels(model).observe(time.perf_counter() - arrived)
-        return None
-    return arrived
+class _FirstToken:
+    """Records the time from the request's arrival to its first generated text, once."""
+
+    def __init__(self, state: GatewayState, model: str, region: str, arrived: float) -> None:
+        self._metrics = state.metrics
+        self._model = model  # a catalogue route name, never the client's raw `model`
+        self._region = region
+        self._arrived: float | None = arrived
+
+    def see(self, chunk: inference_pb2.InferenceChunk) -> None:
+        if self._arrived is not None and (chunk.text_delta or chunk.reasoning_delta):
+            elapsed = time.perf_counter() - self._arrived
+            self._metrics.observe_first_token(self._model, self._region, elapsed)
+            self._arrived = None
 
 
 async def _json_answer(
-    state: GatewayState, model: str, stream: WorkerStream, arrived: float
+    state: GatewayState, model: str, stream: WorkerStream, timing: _FirstToken
 ) -> web.Response:
-    waiting_for_first: float | None = arrived
     text: list[str] = []
     reasoning: list[str] = []
     final: inference_pb2.InferenceChunk | None = None
     async for chunk in stream.chunks():
-        waiting_for_first = _observe_first_text(state, model, chunk, waiting_for_first)
+        timing.see(chunk)
         text.append(chunk.text_delta)
         reasoning.append(chunk.reasoning_delta)
         if chunk.kind == inference_pb2.CHUNK_KIND_FINAL:
@@ -207,7 +218,7 @@ async def _stream_answer(
     body: ChatCompletionRequest,
     model: str,
     stream: WorkerStream,
-    arrived: float,
+    timing: _FirstToken,
 ) -> web.StreamResponse:
     response = web.StreamResponse(
         headers={
@@ -234,9 +245,8 @@ async def _stream_answer(
 
     await response.write(chunk_json(ChoiceDelta(role="assistant", content="")))
     try:
-        waiting_for_first: float | None = arrived
         async for chunk in stream.chunks():
-            waiting_for_first = _observe_first_text(state, model, chunk, waiting_for_first)
+            timing.see(chunk)
             if chunk.kind == inference_pb2.CHUNK_KIND_DELTA:
                 if chunk.text_delta or chunk.reasoning_delta:
                     delta = ChoiceDelta(
@@ -259,6 +269,7 @@ async def _stream_answer(
                 )
     except RegioError as error:
         # Headers are gone: the error travels as a last event, as OpenAI's API does.
+        state.metrics.refused(error)
         if isinstance(error, UpstreamTimeout):
             await state.billing.release(request[TRANSACTION_KEY], "worker silent")
         await response.write(_sse(json.dumps(error.envelope(), separators=(",", ":"))))

@@ -17,7 +17,7 @@ async def list_models(request: web.Request) -> web.Response:
     models = [
         Model.from_route(state.catalogue.routes[a.route], created=a.created)
         for a in state.config.activations_of(key.account_id)
-        if a.region == region and a.route in state.catalogue.routes
+        if a.region == region and a.route in state.catalogue.routes and key.may_use(a.route, region)
     ]
     models.sort(key=lambda model: model.id)
     return web.Response(

@@ -1,0 +1,341 @@
+"""Continuous batching on llama.cpp's low-level API: every running generation advances by one
+token per `llama_decode`, and newly admitted prompts are evaluated in chunks inside the same
+batches, so a long prompt never stalls the streams already running.
+
+One scheduler thread owns the llama context; the asyncio side only enqueues work, sets abort
+flags and reads events. Each slot is a llama.cpp sequence id whose KV cache is kept after its
+generation ends, so that a later prompt sharing its prefix (the activation's free system prompt,
+earlier turns of a conversation) resumes from there instead of recomputing it."""
+
+from __future__ import annotations
+
+import ctypes
+import queue
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import llama_cpp
+import structlog
+
+from regio_worker.engine.base import FinishReason, GenerationEvent, TextDelta
+from regio_worker.engine.detokenizer import IncrementalDetokenizer
+from regio_worker.engine.stop_strings import StopStringFilter
+
+log = structlog.get_logger()
+
+EmitEvent = Callable[[GenerationEvent | None], None]  # None: the generation's events ended
+
+# llama_decode's "no KV cache room for this batch" answer (negative values are hard errors).
+DECODE_NO_ROOM = 1
+
+
+@dataclass(frozen=True)
+class SamplingSettings:
+    temperature: float
+    top_p: float
+    top_k: int
+    min_p: float
+    presence_penalty: float
+    frequency_penalty: float
+    seed: int  # uint32; LLAMA_DEFAULT_SEED picks a random one
+
+
+@dataclass
+class Job:
+    """One generation, from admission to its last event. Touched only by the scheduler thread,
+    except `abort`, which the asyncio side sets."""
+
+    prompt: list[int]
+    max_tokens: int
+    sampling: SamplingSettings
+    stop_strings: tuple[str, ...]
+    emit: EmitEvent
+    on_finish: Callable[[Job, FinishReason, str], None]
+    abort: threading.Event = field(default_factory=threading.Event)
+    # Filled in by the scheduler:
+    slot: int = -1
+    evaluated: int = 0  # prompt tokens already in the slot's KV cache
+    reused: int = 0  # of which were reused from an earlier generation
+    completion_tokens: int = 0
+    next_token: int = -1  # the sampled token still to be fed back through llama_decode
+    batch_index: int = -1  # row of this job's logits in the current batch, -1: none
+    chunk: int = 0  # prompt tokens of this job in the current batch
+    sampler: llama_cpp.llama_sampler_p | None = None
+    text: IncrementalDetokenizer | None = None
+    stops: StopStringFilter | None = None
+
+    @property
+    def prefilling(self) -> bool:
+        return self.evaluated < len(self.prompt)
+
+    @property
+    def position(self) -> int:
+        """Position of the next token fed to the model in this sequence."""
+        return self.evaluated + max(self.completion_tokens - 1, 0)
+
+
+@dataclass
+class _Slot:
+    seq_id: int
+    cached: list[int] = field(default_factory=list)  # tokens whose KV this sequence holds
+    job: Job | None = None
+
+
+class BatchScheduler:
+    """Runs generations of one llama context in one thread, `slots` at a time."""
+
+    def __init__(
+        self,
+        context: llama_cpp.llama_context_p,
+        vocab: llama_cpp.llama_vocab_p,
+        *,
+        slots: int,
+        n_batch: int,
+        token_bytes: Callable[[int], bytes],
+        reuses_prefix: bool,
+    ) -> None:
+        self._context = context
+        self._memory = llama_cpp.llama_get_memory(context)
+        self._vocab = vocab
+        self._n_vocab = llama_cpp.llama_vocab_n_tokens(vocab)
+        self._n_batch = n_batch
+        self._token_bytes = token_bytes
+        self._reuses_prefix = reuses_prefix
+        self._slots = [_Slot(seq_id) for seq_id in range(slots)]
+        self._batch = llama_cpp.llama_batch_init(n_batch, 0, 1)
+        self._incoming: queue.Queue[Job | None] = queue.Queue()
+        self._waiting: list[Job] = []
+        self._closing = False
+        self._thread = threading.Thread(target=self._run, name="llama-batch", daemon=True)
+        self._thread.start()
+
+    @property
+    def slots_total(self) -> int:
+        return len(self._slots)
+
+    def submit(self, job: Job) -> None:
+        self._incoming.put(job)
+
+    def close(self) -> None:
+        """Cancel what is running, stop the thread, free the batch (the context is the
+        caller's)."""
+        self._closing = True
+        self._incoming.put(None)
+        self._thread.join()
+        llama_cpp.llama_batch_free(self._batch)
+
+    # --- the scheduler thread ----------------------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            running = [slot.job for slot in self._slots if slot.job is not None]
+            if not self._take_incoming(block=not running and not self._waiting):
+                break
+            self._admit_waiting()
+            running = [slot.job for slot in self._slots if slot.job is not None]
+            for job in running:
+                if job.abort.is_set():
+                    self._finish(job, FinishReason.CANCELLED)
+            running = [slot.job for slot in self._slots if slot.job is not None]
+            if running:
+                self._step(running)
+        for job in [slot.job for slot in self._slots if slot.job is not None] + self._waiting:
+            self._finish(job, FinishReason.CANCELLED)
+        self._waiting.clear()
+
+    def _take_incoming(self, block: bool) -> bool:
+        """Move submitted jobs to the waiting list; False once the scheduler must stop."""
+        try:
+            item = self._incoming.get(block=block)
+            while True:
+                if item is None or self._closing:
+                    return False
+                self._waiting.append(item)
+                item = self._incoming.get_nowait()
+        except queue.Empty:
+            return True
+
+    def _admit_waiting(self) -> None:
+        still_waiting: list[Job] = []
+        for job in self._waiting:
+            if job.abort.is_set():
+                self._finish(job, FinishReason.CANCELLED, admitted=False)
+                continue
+            slot = self._free_slot_for(job.prompt)
+            if slot is None:
+                still_waiting.append(job)
+                continue
+            try:
+                self._admit(job, slot)
+            except Exception as error:  # a sampler that cannot be built fails this job only
+                log.exception("admission_failed")
+                slot.job = None
+                self._finish(job, FinishReason.ERROR, f"cannot start generation: {error}")
+        self._waiting = still_waiting
+
+    def _free_slot_for(self, prompt: Sequence[int]) -> _Slot | None:
+        """The free slot whose cached tokens share the longest prefix with `prompt`."""
+        free = [slot for slot in self._slots if slot.job is None]
+        if not free:
+            return None
+        return max(free, key=lambda slot: _common_prefix(slot.cached, prompt))
+
+    def _admit(self, job: Job, slot: _Slot) -> None:
+        reused = _common_prefix(slot.cached, job.prompt) if self._reuses_prefix else 0
+        reused = min(reused, len(job.prompt) - 1)  # the last one is evaluated for its logits
+        if not llama_cpp.llama_memory_seq_rm(self._memory, slot.seq_id, reused, -1):
+            # Some caches (recurrent, sliding-window past its window) cannot be cut back.
+            llama_cpp.llama_memory_seq_rm(self._memory, slot.seq_id, -1, -1)
+            reused = 0
+        slot.cached = list(job.prompt[:reused])
+        slot.job = job
+        job.slot = slot.seq_id
+        job.evaluated = job.reused = reused
+        job.sampler = _build_sampler(job.sampling, self._n_vocab)
+        job.text = IncrementalDetokenizer(self._token_bytes)
+        job.stops = StopStringFilter(job.stop_strings)
+
+    def _step(self, running: list[Job]) -> None:
+        """One llama_decode over a token of every generating job plus prompt chunks."""
+        batch = self._batch
+        size = 0
+        for job in running:
+            job.batch_index = -1
+            job.chunk = 0
+            if not job.prefilling:
+                size = self._add(size, job.next_token, job.position, job.slot, logits=True)
+                job.batch_index = size - 1
+        for job in running:
+            if size >= self._n_batch:
+                break
+            if job.prefilling:
+                chunk = job.prompt[job.evaluated : job.evaluated + self._n_batch - size]
+                job.chunk = len(chunk)
+                for offset, token in enumerate(chunk):
+                    last = job.evaluated + offset == len(job.prompt) - 1
+                    size = self._add(size, token, job.evaluated + offset, job.slot, logits=last)
+                    if last:
+                        job.batch_index = size - 1
+        batch.n_tokens = size
+        result = llama_cpp.llama_decode(self._context, batch)
+        if result != 0:
+            self._decode_failed(running, result)
+            return
+        for job in running:
+            if job.prefilling:
+                self._slot(job).cached.extend(job.prompt[job.evaluated : job.evaluated + job.chunk])
+                job.evaluated += job.chunk
+            elif job.completion_tokens > 0:
+                self._slot(job).cached.append(job.next_token)
+            if job.batch_index >= 0 and not job.prefilling:
+                self._sample(job)
+
+    def _add(self, size: int, token: int, position: int, seq_id: int, *, logits: bool) -> int:
+        batch = self._batch
+        batch.token[size] = token
+        batch.pos[size] = position
+        batch.n_seq_id[size] = 1
+        batch.seq_id[size][0] = seq_id
+        batch.logits[size] = logits
+        return size + 1
+
+    def _sample(self, job: Job) -> None:
+        assert job.sampler is not None and job.text is not None and job.stops is not None
+        token = llama_cpp.llama_sampler_sample(job.sampler, self._context, job.batch_index)
+        job.completion_tokens += 1
+        job.next_token = token
+        if llama_cpp.llama_vocab_is_eog(self._vocab, token):
+            self._emit_text(job, job.stops.feed(job.text.flush()) + job.stops.flush())
+            self._finish(job, FinishReason.STOP)
+            return
+        self._emit_text(job, job.stops.feed(job.text.push(token)))
+        if job.stops.stopped:
+            self._finish(job, FinishReason.STOP)
+        elif job.completion_tokens >= job.max_tokens:
+            self._emit_text(job, job.stops.feed(job.text.flush()) + job.stops.flush())
+            self._finish(job, FinishReason.LENGTH)
+
+    def _decode_failed(self, running: list[Job], result: int) -> None:
+        if result == DECODE_NO_ROOM and len(running) > 1:
+            # Out of KV room: give it back by failing the most recently admitted job; the
+            # others continue in the next step.
+            victim = max(running, key=lambda job: job.slot)
+            log.warning("kv_cache_full", running=len(running))
+            self._finish(victim, FinishReason.ERROR, "the worker ran out of context memory")
+            return
+        log.error("llama_decode_failed", result=result, running=len(running))
+        for job in running:
+            self._finish(job, FinishReason.ERROR, f"llama_decode failed ({result})")
+
+    def _slot(self, job: Job) -> _Slot:
+        return self._slots[job.slot]
+
+    def _emit_text(self, job: Job, text: str) -> None:
+        if text:
+            job.emit(TextDelta(text))
+
+    def _finish(
+        self, job: Job, reason: FinishReason, detail: str = "", *, admitted: bool = True
+    ) -> None:
+        if admitted and job.slot >= 0:
+            slot = self._slot(job)
+            if reason is FinishReason.ERROR:
+                # The sequence's KV may be partial: start that slot afresh next time.
+                llama_cpp.llama_memory_seq_rm(self._memory, slot.seq_id, -1, -1)
+                slot.cached = []
+            slot.job = None
+        if job.sampler is not None:
+            llama_cpp.llama_sampler_free(job.sampler)
+            job.sampler = None
+        job.on_finish(job, reason, detail)
+        job.emit(None)
+
+
+def _common_prefix(cached: Sequence[int], prompt: Sequence[int]) -> int:
+    common = 0
+    for old, new in zip(cached, prompt, strict=False):
+        if old != new:
+            break
+        common += 1
+    return common
+
+
+def _build_sampler(settings: SamplingSettings, n_vocab: int) -> llama_cpp.llama_sampler_p:
+    """llama.cpp's usual chain: penalties, top-k, top-p, min-p, temperature, then a seeded
+    draw; temperature 0 is greedy."""
+    chain: llama_cpp.llama_sampler_p = llama_cpp.llama_sampler_chain_init(
+        llama_cpp.llama_sampler_chain_default_params()
+    )
+    if settings.presence_penalty or settings.frequency_penalty:
+        llama_cpp.llama_sampler_chain_add(
+            chain,
+            llama_cpp.llama_sampler_init_penalties(
+                n_vocab, 64, 1.0, settings.frequency_penalty, settings.presence_penalty
+            ),
+        )
+    if settings.temperature <= 0:
+        llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_greedy())
+        return chain
+    llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_top_k(settings.top_k))
+    llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_top_p(settings.top_p, 1))
+    llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_min_p(settings.min_p, 1))
+    llama_cpp.llama_sampler_chain_add(
+        chain, llama_cpp.llama_sampler_init_temp(settings.temperature)
+    )
+    llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_dist(settings.seed))
+    return chain
+
+
+def token_piece(vocab: llama_cpp.llama_vocab_p, token: int) -> bytes:
+    """The token's text as bytes, control tokens rendered empty.
+
+    Not Llama.detokenize: in 0.3.36 it uses a fixed 32-byte buffer and returns b"" for longer
+    pieces; llama_token_to_piece returns the size it needs, negated, when the buffer is short."""
+    size = 64
+    while True:
+        buffer = ctypes.create_string_buffer(size)
+        length = llama_cpp.llama_token_to_piece(vocab, token, buffer, size, 0, False)
+        if length >= 0:
+            return buffer.raw[:length]
+        size = -length

@@ -1,0 +1,251 @@
+"""The engine on llama.cpp with continuous batching: `slots` generations decode together in one
+llama context (see batch_scheduler.py for how a step is built).
+
+Sampling follows the OpenAI defaults (temperature 1, top_p 1) on top of llama.cpp's top-k 40
+and min-p 0.05, which keep small models on track; temperature 0 samples greedily."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncGenerator
+from dataclasses import dataclass
+from pathlib import Path
+
+import llama_cpp
+import structlog
+from llama_cpp import Llama
+
+from regio_common.errors import CONTEXT_LENGTH_EXCEEDED, GENERATION_FAILED
+from regio_worker.engine.base import (
+    Engine,
+    FinishReason,
+    GenerationEvent,
+    GenerationFinished,
+    GenerationRequest,
+    Usage,
+)
+from regio_worker.engine.batch_scheduler import BatchScheduler, Job, SamplingSettings, token_piece
+from regio_worker.engine.chat_prompt import ChatPromptBuilder, PromptTokens
+from regio_worker.engine.llama_chat_formats import gguf_chat_format, named_chat_format
+
+log = structlog.get_logger()
+
+DEFAULT_TEMPERATURE = 1.0
+DEFAULT_TOP_P = 1.0
+TOP_K = 40
+MIN_P = 0.05
+SEED_MODULUS = 2**32  # llama.cpp seeds are uint32
+# The loader's own context only serves tokenization and chat-template discovery.
+LOADER_N_CTX = 256
+
+
+SPLIT_MODES = {
+    "none": llama_cpp.LLAMA_SPLIT_MODE_NONE,
+    "layer": llama_cpp.LLAMA_SPLIT_MODE_LAYER,
+    "row": llama_cpp.LLAMA_SPLIT_MODE_ROW,
+}
+
+
+@dataclass(frozen=True)
+class GpuPlacement:
+    """Where the model runs. The defaults are the CPU; a CPU build ignores GPU layers."""
+
+    n_gpu_layers: int = 0  # -1: all
+    split_mode: str = "layer"  # a key of SPLIT_MODES
+    main_gpu: int = 0
+    tensor_split: list[float] | None = None
+    flash_attention: bool | None = None  # None: llama.cpp decides
+
+
+class BatchedLlamaEngine(Engine):
+    def __init__(
+        self,
+        model_path: Path,
+        *,
+        chat_format: str | None,
+        n_ctx: int,
+        n_threads: int,
+        slots: int = 1,
+        n_batch: int = 512,
+        gpu: GpuPlacement | None = None,
+    ) -> None:
+        """Loads the model (blocking, about a second for a small model). `n_ctx` is the context
+        of one generation; the KV cache holds `slots` of them."""
+        gpu = gpu or GpuPlacement()
+        self._llm = Llama(
+            model_path=str(model_path),
+            n_ctx=LOADER_N_CTX,
+            n_threads=n_threads,
+            n_gpu_layers=gpu.n_gpu_layers,
+            split_mode=SPLIT_MODES[gpu.split_mode],
+            main_gpu=gpu.main_gpu,
+            tensor_split=gpu.tensor_split,
+            verbose=False,
+        )
+        self._n_ctx: int = min(n_ctx, llama_cpp.llama_model_n_ctx_train(self._llm.model))
+        self._vocab = llama_cpp.llama_model_get_vocab(self._llm.model)
+        format_chat = named_chat_format(chat_format) if chat_format else gguf_chat_format(self._llm)
+        self.prompts = ChatPromptBuilder(format_chat, self._tokenize)
+        self._context = _new_context(
+            self._llm,
+            n_ctx=self._n_ctx * slots,
+            n_batch=n_batch,
+            slots=slots,
+            n_threads=n_threads,
+            flash_attention=gpu.flash_attention,
+        )
+        # Recurrent state cannot be cut back to a prefix, so those models always start afresh.
+        reuses_prefix = not (
+            llama_cpp.llama_model_is_recurrent(self._llm.model)
+            or llama_cpp.llama_model_is_hybrid(self._llm.model)
+        )
+        self._scheduler = BatchScheduler(
+            self._context,
+            self._vocab,
+            slots=slots,
+            n_batch=n_batch,
+            token_bytes=lambda token: token_piece(self._vocab, token),
+            reuses_prefix=reuses_prefix,
+        )
+        self._jobs: dict[str, Job] = {}
+
+    @property
+    def slots_total(self) -> int:
+        return self._scheduler.slots_total
+
+    @property
+    def n_ctx(self) -> int:
+        return self._n_ctx
+
+    async def generate(self, request: GenerationRequest) -> AsyncGenerator[GenerationEvent, None]:
+        try:
+            prompt = self.prompts.build(request.messages, request.free_system_prompt)
+        except Exception as error:
+            log.exception("prompt_failed")
+            yield GenerationFinished(
+                FinishReason.ERROR,
+                error_message=f"The prompt could not be prepared: {error}",
+                error_code=GENERATION_FAILED,
+            )
+            return
+        usage = Usage(
+            prompt_tokens=prompt.billable_tokens, free_prompt_tokens=prompt.free_prompt_tokens
+        )
+        room = self._n_ctx - len(prompt.tokens)
+        if room <= 0:
+            message = (
+                f"The prompt has {len(prompt.tokens)} tokens but the model's context holds "
+                f"{self._n_ctx} tokens for prompt and answer together; shorten the messages."
+            )
+            yield GenerationFinished(
+                FinishReason.ERROR, usage, message, error_code=CONTEXT_LENGTH_EXCEEDED
+            )
+            return
+        events: asyncio.Queue[GenerationEvent | None] = asyncio.Queue()
+        job = self._job(request, prompt, room, usage, events)
+        self._jobs[request.transaction_id] = job
+        self._scheduler.submit(job)
+        try:
+            while (event := await events.get()) is not None:
+                yield event
+        finally:
+            job.abort.set()  # a consumer that stops listening frees the slot too
+            self._jobs.pop(request.transaction_id, None)
+
+    def abort(self, transaction_id: str) -> None:
+        job = self._jobs.get(transaction_id)
+        if job is not None:
+            job.abort.set()
+
+    async def close(self) -> None:
+        for job in self._jobs.values():
+            job.abort.set()
+        await asyncio.to_thread(self._scheduler.close)
+        llama_cpp.llama_free(self._context)
+        self._llm.close()
+
+    def _job(
+        self,
+        request: GenerationRequest,
+        prompt: PromptTokens,
+        room: int,
+        usage: Usage,
+        events: asyncio.Queue[GenerationEvent | None],
+    ) -> Job:
+        loop = asyncio.get_running_loop()
+
+        def emit(event: GenerationEvent | None) -> None:
+            with contextlib.suppress(RuntimeError):  # a closed loop: nobody listens any more
+                loop.call_soon_threadsafe(events.put_nowait, event)
+
+        def on_finish(job: Job, reason: FinishReason, detail: str) -> None:
+            # The free prompt comes first, so the reused prefix covers its tokens first.
+            cached = max(job.reused - prompt.free_prompt_tokens, 0)
+            final = Usage(
+                prompt_tokens=usage.prompt_tokens,
+                free_prompt_tokens=usage.free_prompt_tokens,
+                completion_tokens=job.completion_tokens,
+                cached_tokens=cached,
+            )
+            code = GENERATION_FAILED if reason is FinishReason.ERROR else ""
+            message = f"The model failed while generating: {detail}" if detail else ""
+            emit(GenerationFinished(reason, final, message, error_code=code))
+
+        # The gateway clamps max_tokens to the route; the context may still be shorter.
+        max_tokens = room if request.max_tokens is None else min(request.max_tokens, room)
+        return Job(
+            prompt=prompt.tokens,
+            max_tokens=max_tokens,
+            sampling=_sampling(request),
+            stop_strings=(*request.stop, *prompt.stop_strings),
+            emit=emit,
+            on_finish=on_finish,
+        )
+
+    def _tokenize(self, text: str, add_bos: bool) -> list[int]:
+        return self._llm.tokenize(text.encode("utf-8"), add_bos=add_bos, special=True)
+
+
+def _sampling(request: GenerationRequest) -> SamplingSettings:
+    return SamplingSettings(
+        temperature=DEFAULT_TEMPERATURE if request.temperature is None else request.temperature,
+        top_p=DEFAULT_TOP_P if request.top_p is None else request.top_p,
+        top_k=TOP_K,
+        min_p=MIN_P,
+        presence_penalty=request.presence_penalty or 0.0,
+        frequency_penalty=request.frequency_penalty or 0.0,
+        seed=llama_cpp.LLAMA_DEFAULT_SEED if request.seed is None else request.seed % SEED_MODULUS,
+    )
+
+
+def _new_context(
+    llm: Llama,
+    *,
+    n_ctx: int,
+    n_batch: int,
+    slots: int,
+    n_threads: int,
+    flash_attention: bool | None,
+) -> llama_cpp.llama_context_p:
+    params = llama_cpp.llama_context_default_params()
+    params.n_ctx = n_ctx
+    params.n_batch = n_batch
+    params.n_ubatch = n_batch
+    params.n_seq_max = slots
+    params.n_threads = n_threads
+    params.n_threads_batch = n_threads
+    # One KV buffer shared by all sequences (as llama-server does): a slot's cached prefix
+    # costs memory only for the tokens it really holds.
+    params.kv_unified = True
+    params.no_perf = True
+    if flash_attention is not None:
+        params.flash_attn_type = (
+            llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED
+            if flash_attention
+            else llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
+        )
+    context: llama_cpp.llama_context_p = llama_cpp.llama_init_from_model(llm.model, params)
+    if not context:
+        raise RuntimeError("llama.cpp could not create the batched context")
+    return context
