@@ -1,11 +1,15 @@
-"""Versioned route prices: the catalogue is the source, billing.route_prices the history.
+"""Versioned route prices: billing.route_prices is the history, fed by the catalogue file (at
+start) and by admins (through the dashboard).
 
 A price change appends a version; nothing is ever rewritten. Reserve prices a hold at the
-latest version, and the hold keeps those prices until it is settled."""
+latest version, and the hold keeps those prices until it is settled. The catalogue's price is
+republished only when the file's price itself changed since its last publication, so that an
+admin's later change survives restarts until the operator edits the file."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from enum import StrEnum
 
 import structlog
 from psycopg import AsyncConnection
@@ -21,28 +25,47 @@ Connection = AsyncConnection[TupleRow]
 PRICES_LOCK_KEY = 0x5E61_0001
 
 
-async def latest_prices(conn: Connection, route: str) -> Prices | None:
-    cursor = await conn.execute(
-        "SELECT input_price_nano, output_price_nano FROM billing.route_prices"
-        " WHERE route = %s ORDER BY valid_from DESC, id DESC LIMIT 1",
-        (route,),
-    )
+class PriceSource(StrEnum):
+    CATALOGUE = "catalogue"
+    ADMIN = "admin"
+
+
+async def latest_prices(
+    conn: Connection, route: str, source: PriceSource | None = None
+) -> Prices | None:
+    """The route's current prices, or the latest published by `source`."""
+    if source is None:
+        cursor = await conn.execute(
+            "SELECT input_price_nano, output_price_nano FROM billing.route_prices"
+            " WHERE route = %s ORDER BY valid_from DESC, id DESC LIMIT 1",
+            (route,),
+        )
+    else:
+        cursor = await conn.execute(
+            "SELECT input_price_nano, output_price_nano FROM billing.route_prices"
+            " WHERE route = %s AND source = %s ORDER BY valid_from DESC, id DESC LIMIT 1",
+            (route, source.value),
+        )
     row = await cursor.fetchone()
     return None if row is None else Prices(input_price_nano=row[0], output_price_nano=row[1])
 
 
-async def publish_prices(conn: Connection, prices: Mapping[str, Prices]) -> list[str]:
-    """Append a version for every route whose price differs from its latest version (or that
-    has none); returns the routes that got a new version. Runs in the caller's transaction."""
+async def publish_prices(
+    conn: Connection, prices: Mapping[str, Prices], source: PriceSource = PriceSource.CATALOGUE
+) -> list[str]:
+    """Append a version for every route whose price changed; returns the routes that got a new
+    version. An admin's price is compared with the current one; the catalogue's with what the
+    catalogue published last (see the module's docstring). Runs in the caller's transaction."""
     await conn.execute("SELECT pg_advisory_xact_lock(%s)", (PRICES_LOCK_KEY,))
     changed: list[str] = []
+    compared_with = PriceSource.CATALOGUE if source is PriceSource.CATALOGUE else None
     for route, new in sorted(prices.items()):
-        if await latest_prices(conn, route) == new:
+        if await latest_prices(conn, route, compared_with) == new:
             continue
         await conn.execute(
-            "INSERT INTO billing.route_prices (route, input_price_nano, output_price_nano)"
-            " VALUES (%s, %s, %s)",
-            (route, new.input_price_nano, new.output_price_nano),
+            "INSERT INTO billing.route_prices"
+            " (route, input_price_nano, output_price_nano, source) VALUES (%s, %s, %s, %s)",
+            (route, new.input_price_nano, new.output_price_nano, source.value),
         )
         changed.append(route)
         log.info(
@@ -50,5 +73,6 @@ async def publish_prices(conn: Connection, prices: Mapping[str, Prices]) -> list
             route=route,
             input_price_nano=new.input_price_nano,
             output_price_nano=new.output_price_nano,
+            source=source.value,
         )
     return changed

@@ -9,15 +9,24 @@ from typing import Any
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from regio.billing.v1 import billing_pb2, billing_pb2_grpc
-from regio_billing.errors import require
+from regio_billing.adjustments import adjust_credits
+from regio_billing.errors import IdempotencyConflict, require
 from regio_billing.ledger import Ledger
+from regio_billing.metrics import BillingMetrics
 from regio_billing.promotions import Promotion
 from regio_billing.results import BalanceSnapshot, ReserveOutcome
+from regio_billing.statements_rpc import StatementRpcs
+from regio_common.errors import InvalidRequest
 
 OUTCOME_TO_PROTO = {
     ReserveOutcome.HELD: billing_pb2.RESERVE_OUTCOME_HELD,
     ReserveOutcome.INSUFFICIENT_FUNDS: billing_pb2.RESERVE_OUTCOME_INSUFFICIENT_FUNDS,
     ReserveOutcome.UNKNOWN_ROUTE: billing_pb2.RESERVE_OUTCOME_UNKNOWN_ROUTE,
+}
+# Reserve refusals by reason (regio_billing_reserve_refusals_total): outcomes and errors.
+REFUSAL_REASONS = {
+    ReserveOutcome.INSUFFICIENT_FUNDS: "insufficient_budget",
+    ReserveOutcome.UNKNOWN_ROUTE: "unknown_route",
 }
 
 
@@ -48,21 +57,32 @@ def promotion_message(promotion: Promotion) -> billing_pb2.Promotion:
 
 
 class BillingService(billing_pb2_grpc.BillingServicer):
-    def __init__(self, ledger: Ledger) -> None:
+    def __init__(self, ledger: Ledger, metrics: BillingMetrics | None = None) -> None:
         self._ledger = ledger
+        self._metrics = metrics or BillingMetrics()
+        for reason in (*REFUSAL_REASONS.values(), "invalid", "conflict"):
+            self._metrics.reserve_refusals.labels(reason)  # zero until the first refusal
+        self._statements = StatementRpcs.for_ledger(ledger)
 
     async def Reserve(
         self, request: billing_pb2.ReserveRequest, context: Any
     ) -> billing_pb2.ReserveResponse:
-        result = await self._ledger.reserve(
-            transaction_id=request.transaction_id,
-            account_id=request.account_id,
-            route=request.route,
-            region=request.region,
-            max_prompt_tokens=request.max_prompt_tokens,
-            max_completion_tokens=request.max_completion_tokens,
-            ttl_seconds=request.ttl_seconds,
-        )
+        try:
+            result = await self._ledger.reserve(
+                transaction_id=request.transaction_id,
+                account_id=request.account_id,
+                route=request.route,
+                region=request.region,
+                max_prompt_tokens=request.max_prompt_tokens,
+                max_completion_tokens=request.max_completion_tokens,
+                ttl_seconds=request.ttl_seconds,
+            )
+        except (InvalidRequest, IdempotencyConflict) as error:
+            reason = "conflict" if isinstance(error, IdempotencyConflict) else "invalid"
+            self._metrics.reserve_refusals.labels(reason).inc()
+            raise
+        if result.outcome in REFUSAL_REASONS:
+            self._metrics.reserve_refusals.labels(REFUSAL_REASONS[result.outcome]).inc()
         return billing_pb2.ReserveResponse(
             outcome=OUTCOME_TO_PROTO[result.outcome],
             held_nano=result.held_nano,
@@ -132,4 +152,52 @@ class BillingService(billing_pb2_grpc.BillingServicer):
         promotions = await self._ledger.list_promotions()
         return billing_pb2.ListPromotionsResponse(
             promotions=[promotion_message(promotion) for promotion in promotions]
+        )
+
+    # Statements and route prices (see statements_rpc.py).
+    async def ListTransactions(
+        self, request: billing_pb2.ListTransactionsRequest, context: Any
+    ) -> billing_pb2.ListTransactionsResponse:
+        return await self._statements.list_transactions(request)
+
+    async def ListUsage(
+        self, request: billing_pb2.ListUsageRequest, context: Any
+    ) -> billing_pb2.ListUsageResponse:
+        return await self._statements.list_usage(request)
+
+    async def ListPayments(
+        self, request: billing_pb2.ListPaymentsRequest, context: Any
+    ) -> billing_pb2.ListPaymentsResponse:
+        return await self._statements.list_payments(request)
+
+    async def GetPayment(
+        self, request: billing_pb2.GetPaymentRequest, context: Any
+    ) -> billing_pb2.Payment:
+        return await self._statements.get_payment(request)
+
+    async def ListPrices(
+        self, request: billing_pb2.ListPricesRequest, context: Any
+    ) -> billing_pb2.ListPricesResponse:
+        return await self._statements.list_prices(request)
+
+    async def SetRoutePrice(
+        self, request: billing_pb2.SetRoutePriceRequest, context: Any
+    ) -> billing_pb2.SetRoutePriceResponse:
+        return await self._statements.set_route_price(request)
+
+    # Manual credit adjustments by the dashboard admin (see adjustments.py).
+    async def AdjustCredits(
+        self, request: billing_pb2.AdjustCreditsRequest, context: Any
+    ) -> billing_pb2.AdjustCreditsResponse:
+        result = await adjust_credits(
+            self._ledger._pool,
+            request.account_id,
+            request.amount_nano,
+            request.idempotency_key,
+            request.reason,
+        )
+        return billing_pb2.AdjustCreditsResponse(
+            applied=result.applied,
+            already_applied=result.already_applied,
+            balance=balance_message(result.balance),
         )

@@ -14,9 +14,14 @@ from regio_common.config_records import config_bucket
 from regio_common.http_middleware import transaction_middleware
 from regio_common.migrations import apply_migrations
 from regio_common.nats_connection import connect_nats
+from regio_dashboard.adjustments_client import AdjustmentsClient
+from regio_dashboard.audit_store import AuditStore
 from regio_dashboard.billing_client import CreditsClient
 from regio_dashboard.handlers import add_routes
+from regio_dashboard.idempotency import idempotency_middleware
+from regio_dashboard.idempotency_store import IdempotencyStore
 from regio_dashboard.management_tokens import ManagementTokenStore
+from regio_dashboard.metrics import DashboardMetrics
 from regio_dashboard.projection import ConfigProjection
 from regio_dashboard.settings import DashboardSettings
 from regio_dashboard.state import STATE_KEY, DashboardState
@@ -36,6 +41,7 @@ async def dashboard_state(settings: DashboardSettings) -> AsyncIterator[Dashboar
     await pool.open(wait=True)
     nc = await connect_nats(settings.nats_url, name="regio-dashboard-api")
     credits = CreditsClient(settings.billing_address, settings.billing_timeout_seconds)
+    adjustments = AdjustmentsClient(settings.billing_address, settings.billing_timeout_seconds)
     store = DashboardStore(pool)
     projection = ConfigProjection(await config_bucket(nc.jetstream()), store)
     await projection.rebuild()
@@ -49,15 +55,24 @@ async def dashboard_state(settings: DashboardSettings) -> AsyncIterator[Dashboar
             management_tokens=ManagementTokenStore(pool),
             projection=projection,
             credits=credits,
+            idempotency=IdempotencyStore(pool),
+            audit=AuditStore(pool),
+            adjustments=adjustments,
+            admin_label=settings.admin_label,
         )
     finally:
+        await adjustments.close()
         await credits.close()
         await nc.drain()
         await pool.close()
 
 
-def build_app(state: DashboardState) -> web.Application:
-    app = web.Application(middlewares=[transaction_middleware], client_max_size=256 * 1024)
+def build_app(state: DashboardState, metrics: DashboardMetrics | None = None) -> web.Application:
+    middlewares = metrics.around(transaction_middleware) if metrics else [transaction_middleware]
+    # Idempotency runs inside the error middleware, so its refusals are rendered as envelopes.
+    app = web.Application(
+        middlewares=[*middlewares, idempotency_middleware], client_max_size=256 * 1024
+    )
     app[STATE_KEY] = state
     add_routes(app)
     return app

@@ -11,7 +11,7 @@ from __future__ import annotations
 import structlog
 from nats.js.kv import KeyValue
 
-from regio_common.config_records import ActivationRecord, ApiKeyRecord
+from regio_common.config_records import ActivationRecord, ApiKeyRecord, ThinkingSettings
 from regio_common.subjects import activation_kv_key, api_key_kv_key
 from regio_dashboard.store import Activation, ApiKey, DashboardStore
 
@@ -61,7 +61,9 @@ class ConfigProjection:
         log.info("config_projection_rebuilt", entries=len(wanted), removed=len(present - wanted))
 
     async def _put_api_key(self, key: ApiKey) -> None:
-        record = ApiKeyRecord(key_id=key.key_id, account_id=key.account_id)
+        record = ApiKeyRecord(
+            key_id=key.key_id, account_id=key.account_id, activations=list(key.activations)
+        )
         await self._kv.put(api_key_kv_key(key.key_hash), record.model_dump_json().encode())
 
     async def _put_activation(self, activation: Activation) -> None:
@@ -70,6 +72,12 @@ class ConfigProjection:
             route=activation.route,
             region=activation.region,
             free_system_prompt=activation.free_system_prompt,
+            thinking=ThinkingSettings.model_validate(
+                {
+                    "default_effort": activation.thinking_default_effort,
+                    "reasoning_output": activation.thinking_reasoning_output,
+                }
+            ),
             created=int(activation.created_at.timestamp()),
         )
         key = activation_kv_key(activation.account_id, activation.route, activation.region)

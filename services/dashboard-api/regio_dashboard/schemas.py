@@ -1,18 +1,22 @@
-"""Request bodies and response shapes of the dashboard API."""
+"""Request bodies and response shapes of the dashboard API (the OpenAPI document is built from
+these models, so what is served and what is described cannot drift apart)."""
 
 from __future__ import annotations
 
 from datetime import datetime
 from decimal import Decimal
-from typing import Any
+from typing import Annotated, Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from regio.billing.v1 import billing_pb2
+from regio_common.config_records import ReasoningOutput, ThinkingEffort, ThinkingSettings
 from regio_common.money import nano_to_eur
 from regio_common.validation import parse_body
 from regio_dashboard.management_tokens import ManagementToken
 from regio_dashboard.store import Account, Activation, ApiKey
+
+ACTIVATION_REF = r"^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+$"
 
 
 class RequestBody(BaseModel):
@@ -29,79 +33,252 @@ class CreateAccount(RequestBody):
 
 class AddCredits(RequestBody):
     amount_eur: Decimal = Field(gt=0, le=1_000_000, decimal_places=9)
-    idempotency_key: str | None = Field(None, min_length=1, max_length=200)
+    idempotency_key: str | None = Field(
+        None,
+        min_length=1,
+        max_length=200,
+        description="Billing's payment key; the Idempotency-Key header is used when absent.",
+    )
     reference: str = Field("", max_length=200)
 
 
+class ThinkingSettingsBody(RequestBody):
+    default_effort: ThinkingEffort = "medium"
+    reasoning_output: ReasoningOutput = Field(
+        "reasoning_content",
+        description="Reasoning as a `reasoning_content` field, inline `<think>` tags, or hidden.",
+    )
+
+
 class ActivationSettings(RequestBody):
-    free_system_prompt: str = ""
+    free_system_prompt: str = Field(
+        "", description="Prepended to every request, never billed; at most 1,024 characters."
+    )
+    thinking: ThinkingSettingsBody = ThinkingSettingsBody()
 
 
-def account_json(account: Account) -> dict[str, Any]:
-    return {
-        "id": account.account_id,
-        "object": "account",
-        "name": account.name,
-        "status": account.status,
-        "created": int(account.created_at.timestamp()),
-    }
+class CreateApiKey(RequestBody):
+    activations: list[Annotated[str, Field(pattern=ACTIVATION_REF, max_length=200)]] = Field(
+        [],
+        max_length=100,
+        description="Activations ('route/region') the key may use; empty means all of them.",
+    )
 
 
-def _timestamp(moment: datetime | None) -> int | None:
+class CreateAdjustment(RequestBody):
+    amount_eur: Decimal = Field(
+        ge=-1_000_000,
+        le=1_000_000,
+        decimal_places=9,
+        description="Credit added (positive) or taken (negative); never overdraws.",
+    )
+    reason: str = Field(min_length=1, max_length=500, description="Why (kept in the audit log).")
+
+
+# -- responses ------------------------------------------------------------------------------------
+class ResponseModel(BaseModel):
+    model_config = ConfigDict(json_schema_serialization_defaults_required=True)
+
+
+class ErrorDetail(ResponseModel):
+    message: str
+    type: str
+    code: str | None
+    param: str | None
+
+
+class ErrorEnvelope(ResponseModel):
+    error: ErrorDetail
+
+
+class Health(ResponseModel):
+    status: Literal["ok", "unavailable"]
+
+
+class AccountOut(ResponseModel):
+    id: str
+    object: Literal["account"] = "account"
+    name: str
+    status: Literal["active", "suspended"]
+    created: int
+
+    @classmethod
+    def of(cls, account: Account) -> AccountOut:
+        return cls(
+            id=account.account_id,
+            name=account.name,
+            status=account.status,  # type: ignore[arg-type]
+            created=_timestamp(account.created_at),
+        )
+
+
+class ApiKeyOut(ResponseModel):
+    """A key as listed: never its secret or hash."""
+
+    id: str
+    object: Literal["api_key"] = "api_key"
+    account_id: str
+    prefix: str
+    last_four: str
+    activations: list[str]
+    status: Literal["active", "revoked"]
+    created: int
+    revoked: int | None
+
+    @classmethod
+    def of(cls, key: ApiKey) -> ApiKeyOut:
+        return cls(
+            id=key.key_id,
+            account_id=key.account_id,
+            prefix=key.prefix,
+            last_four=key.last_four,
+            activations=list(key.activations),
+            status="revoked" if key.revoked_at is not None else "active",
+            created=_timestamp(key.created_at),
+            revoked=_optional_timestamp(key.revoked_at),
+        )
+
+
+class CreatedApiKey(ApiKeyOut):
+    key: str = Field(description="The secret, shown only in this response.")
+
+
+class ManagementTokenOut(ResponseModel):
+    id: str
+    object: Literal["management_token"] = "management_token"
+    account_id: str
+    prefix: str
+    last_four: str
+    status: Literal["active", "revoked"]
+    created: int
+    revoked: int | None
+
+    @classmethod
+    def of(cls, token: ManagementToken) -> ManagementTokenOut:
+        return cls(
+            id=token.token_id,
+            account_id=token.account_id,
+            prefix=token.prefix,
+            last_four=token.last_four,
+            status="revoked" if token.revoked_at is not None else "active",
+            created=_timestamp(token.created_at),
+            revoked=_optional_timestamp(token.revoked_at),
+        )
+
+
+class CreatedManagementToken(ManagementTokenOut):
+    token: str = Field(description="The secret, shown only in this response.")
+
+
+class ActivationOut(ResponseModel):
+    object: Literal["activation"] = "activation"
+    account_id: str
+    route: str
+    region: str
+    free_system_prompt: str
+    thinking: ThinkingSettings
+    created: int
+
+    @classmethod
+    def of(cls, activation: Activation) -> ActivationOut:
+        return cls(
+            account_id=activation.account_id,
+            route=activation.route,
+            region=activation.region,
+            free_system_prompt=activation.free_system_prompt,
+            thinking=ThinkingSettings.model_validate(
+                {
+                    "default_effort": activation.thinking_default_effort,
+                    "reasoning_output": activation.thinking_reasoning_output,
+                }
+            ),
+            created=_timestamp(activation.created_at),
+        )
+
+
+class CancelledActivation(ResponseModel):
+    object: Literal["activation"] = "activation"
+    account_id: str
+    route: str
+    region: str
+    deleted: Literal[True] = True
+
+
+class BalanceOut(ResponseModel):
+    object: Literal["balance"] = "balance"
+    account_id: str
+    balance_nano: int
+    held_nano: int
+    available_nano: int
+    balance_eur: str
+    available_eur: str
+
+    @classmethod
+    def of(cls, balance: billing_pb2.Balance, account_id: str) -> BalanceOut:
+        return cls(
+            account_id=account_id,
+            balance_nano=balance.balance_nano,
+            held_nano=balance.held_nano,
+            available_nano=balance.available_nano,
+            balance_eur=str(nano_to_eur(balance.balance_nano)),
+            available_eur=str(nano_to_eur(balance.available_nano)),
+        )
+
+
+class AuditEntryOut(ResponseModel):
+    id: str
+    object: Literal["audit_entry"] = "audit_entry"
+    actor: str = Field(description="Label of the admin credential that acted.")
+    action: str
+    account_id: str
+    amount_nano: int
+    amount_eur: str
+    reason: str
+    outcome: Literal["pending", "applied", "refused"]
+    created: int
+
+
+class AdjustmentOut(ResponseModel):
+    object: Literal["adjustment"] = "adjustment"
+    audit_entry: AuditEntryOut
+    balance: BalanceOut
+
+
+Item = TypeVar("Item", bound=BaseModel)
+
+
+class ListOf(ResponseModel, Generic[Item]):
+    """A page of a cursor-paged list: pass `next_cursor` back as `after` for the next page."""
+
+    object: Literal["list"] = "list"
+    data: list[Item]
+    has_more: bool
+    next_cursor: str | None
+
+
+class AccountList(ListOf[AccountOut]):
+    pass
+
+
+class ApiKeyList(ListOf[ApiKeyOut]):
+    pass
+
+
+class ManagementTokenList(ListOf[ManagementTokenOut]):
+    pass
+
+
+class ActivationList(ListOf[ActivationOut]):
+    pass
+
+
+class AuditList(ListOf[AuditEntryOut]):
+    pass
+
+
+def _timestamp(moment: datetime) -> int:
+    return int(moment.timestamp())
+
+
+def _optional_timestamp(moment: datetime | None) -> int | None:
     return int(moment.timestamp()) if moment is not None else None
-
-
-def api_key_json(key: ApiKey, plaintext: str | None = None) -> dict[str, Any]:
-    """A key as listed: never its secret or hash (the secret only once, at creation)."""
-    body: dict[str, Any] = {
-        "id": key.key_id,
-        "object": "api_key",
-        "account_id": key.account_id,
-        "prefix": key.prefix,
-        "last_four": key.last_four,
-        "status": "revoked" if key.revoked_at is not None else "active",
-        "created": int(key.created_at.timestamp()),
-        "revoked": _timestamp(key.revoked_at),
-    }
-    if plaintext is not None:
-        body["key"] = plaintext  # shown once, at creation
-    return body
-
-
-def management_token_json(token: ManagementToken, plaintext: str | None = None) -> dict[str, Any]:
-    body: dict[str, Any] = {
-        "id": token.token_id,
-        "object": "management_token",
-        "account_id": token.account_id,
-        "prefix": token.prefix,
-        "last_four": token.last_four,
-        "status": "revoked" if token.revoked_at is not None else "active",
-        "created": int(token.created_at.timestamp()),
-        "revoked": _timestamp(token.revoked_at),
-    }
-    if plaintext is not None:
-        body["token"] = plaintext  # shown once, at creation
-    return body
-
-
-def activation_json(activation: Activation) -> dict[str, Any]:
-    return {
-        "object": "activation",
-        "account_id": activation.account_id,
-        "route": activation.route,
-        "region": activation.region,
-        "free_system_prompt": activation.free_system_prompt,
-        "created": int(activation.created_at.timestamp()),
-    }
-
-
-def balance_json(balance: billing_pb2.Balance, account_id: str) -> dict[str, Any]:
-    return {
-        "object": "balance",
-        "account_id": account_id,
-        "balance_nano": balance.balance_nano,
-        "held_nano": balance.held_nano,
-        "available_nano": balance.available_nano,
-        "balance_eur": str(nano_to_eur(balance.balance_nano)),
-        "available_eur": str(nano_to_eur(balance.available_nano)),
-    }

@@ -8,7 +8,10 @@ from aiohttp import web
 from nats.aio.client import Client
 
 from regio_common.catalogue import Catalogue
+from regio_dashboard.adjustments_client import AdjustmentsClient
+from regio_dashboard.audit_store import AuditStore
 from regio_dashboard.billing_client import CreditsClient
+from regio_dashboard.idempotency_store import IdempotencyStore
 from regio_dashboard.management_tokens import ManagementTokenStore
 from regio_dashboard.projection import ConfigProjection
 from regio_dashboard.store import DashboardStore
@@ -24,6 +27,10 @@ class DashboardState:
     management_tokens: ManagementTokenStore
     projection: ConfigProjection
     credits: CreditsClient
+    idempotency: IdempotencyStore
+    audit: AuditStore
+    adjustments: AdjustmentsClient
+    admin_label: str = "admin"
 
 
 STATE_KEY = web.AppKey("dashboard_state", DashboardState)

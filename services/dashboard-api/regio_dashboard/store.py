@@ -16,8 +16,11 @@ from regio_common.errors import Conflict
 from regio_dashboard.credentials import API_KEY_PREFIX, issue_secret, new_id
 
 ACCOUNT_COLUMNS = "account_id, name, status, created_at"
-KEY_COLUMNS = "key_id, account_id, key_hash, prefix, last_four, created_at, revoked_at"
-ACTIVATION_COLUMNS = "account_id, route, region, free_system_prompt, created_at"
+KEY_COLUMNS = "key_id, account_id, key_hash, prefix, last_four, created_at, revoked_at, activations"
+ACTIVATION_COLUMNS = (
+    "account_id, route, region, free_system_prompt, created_at,"
+    " thinking_default_effort, thinking_reasoning_output"
+)
 
 
 @dataclass(frozen=True)
@@ -37,6 +40,7 @@ class ApiKey:
     last_four: str
     created_at: datetime
     revoked_at: datetime | None
+    activations: list[str]  # "route/region" scope; empty = every activation of the account
 
 
 @dataclass(frozen=True)
@@ -46,6 +50,8 @@ class Activation:
     region: str
     free_system_prompt: str
     created_at: datetime
+    thinking_default_effort: str
+    thinking_reasoning_output: str
 
 
 @dataclass(frozen=True)
@@ -124,15 +130,24 @@ class DashboardStore:
         return Account(**row) if row else None
 
     # -- API keys -------------------------------------------------------------------------------
-    async def create_api_key(self, account_id: str) -> tuple[ApiKey, str]:
+    async def create_api_key(
+        self, account_id: str, activations: list[str] | None = None
+    ) -> tuple[ApiKey, str]:
         """Store a new key's hash; the plaintext is returned once and never stored."""
         secret = issue_secret(API_KEY_PREFIX)
         async with self._pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
             await cur.execute(
                 "INSERT INTO dashboard.api_keys"
-                " (key_id, account_id, key_hash, prefix, last_four) VALUES (%s, %s, %s, %s, %s)"
-                f" RETURNING {KEY_COLUMNS}",
-                (new_id("key"), account_id, secret.secret_hash, secret.prefix, secret.last_four),
+                " (key_id, account_id, key_hash, prefix, last_four, activations)"
+                f" VALUES (%s, %s, %s, %s, %s, %s) RETURNING {KEY_COLUMNS}",
+                (
+                    new_id("key"),
+                    account_id,
+                    secret.secret_hash,
+                    secret.prefix,
+                    secret.last_four,
+                    sorted(set(activations or [])),
+                ),
             )
             row = await cur.fetchone()
         assert row is not None
@@ -192,16 +207,32 @@ class DashboardStore:
 
     # -- activations ----------------------------------------------------------------------------
     async def upsert_activation(
-        self, account_id: str, route: str, region: str, free_system_prompt: str
+        self,
+        account_id: str,
+        route: str,
+        region: str,
+        free_system_prompt: str,
+        thinking_default_effort: str,
+        thinking_reasoning_output: str,
     ) -> Activation:
         async with self._pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
             await cur.execute(
-                "INSERT INTO dashboard.activations (account_id, route, region, free_system_prompt)"
-                " VALUES (%s, %s, %s, %s)"
+                "INSERT INTO dashboard.activations (account_id, route, region, free_system_prompt,"
+                " thinking_default_effort, thinking_reasoning_output)"
+                " VALUES (%s, %s, %s, %s, %s, %s)"
                 " ON CONFLICT (account_id, route, region) DO UPDATE"
-                " SET free_system_prompt = EXCLUDED.free_system_prompt, updated_at = now()"
-                f" RETURNING {ACTIVATION_COLUMNS}",
-                (account_id, route, region, free_system_prompt),
+                " SET free_system_prompt = EXCLUDED.free_system_prompt,"
+                " thinking_default_effort = EXCLUDED.thinking_default_effort,"
+                " thinking_reasoning_output = EXCLUDED.thinking_reasoning_output,"
+                f" updated_at = now() RETURNING {ACTIVATION_COLUMNS}",
+                (
+                    account_id,
+                    route,
+                    region,
+                    free_system_prompt,
+                    thinking_default_effort,
+                    thinking_reasoning_output,
+                ),
             )
             row = await cur.fetchone()
         assert row is not None

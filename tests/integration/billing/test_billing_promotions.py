@@ -5,11 +5,13 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import grpc
+import psycopg
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from regio.billing.v1 import billing_pb2
 from regio_billing.ledger import Ledger
+from regio_billing.price_versions import PriceSource, latest_prices, publish_prices
 from regio_billing.pricing import Prices
 from regio_billing.results import ReserveOutcome
 from regio_common.money import NANO_PER_EUR
@@ -125,6 +127,21 @@ async def test_versions_are_appended_only_when_the_catalogue_price_changes(
         " WHERE route = 'liv' ORDER BY id",
     )
     assert rows == [(29_000_000, 49_000_000), (1, 2), (29_000_000, 49_000_000)]
+
+
+async def test_an_admin_price_survives_restarts_until_the_catalogue_price_changes(
+    ledger: Ledger, fresh_database_url: str
+) -> None:
+    async with await psycopg.AsyncConnection.connect(fresh_database_url) as conn:
+        await publish_prices(conn, {"liv": Prices(40_000_000, 60_000_000)}, PriceSource.ADMIN)
+    # A billing restart republishes the unchanged catalogue: the admin's price stays current.
+    assert await ledger.publish_catalogue_prices() == []
+    async with await psycopg.AsyncConnection.connect(fresh_database_url) as conn:
+        assert await latest_prices(conn, "liv") == Prices(40_000_000, 60_000_000)
+    # The operator edits the file's price: that change wins.
+    assert await ledger.publish_prices({"liv": Prices(30_000_000, 50_000_000)}) == ["liv"]
+    async with await psycopg.AsyncConnection.connect(fresh_database_url) as conn:
+        assert await latest_prices(conn, "liv") == Prices(30_000_000, 50_000_000)
 
 
 async def test_pay_150_get_199_50_exactly_once(billing: RunningBilling) -> None:

@@ -11,7 +11,7 @@ NOW = datetime(2025, 1, 1, tzinfo=UTC)
 
 def key(key_id: str, revoked: bool = False) -> ApiKey:
     return ApiKey(
-        key_id, "acct_1", f"hash-{key_id}", "rg-abcd", "wxyz", NOW, NOW if revoked else None
+        key_id, "acct_1", f"hash-{key_id}", "rg-abcd", "wxyz", NOW, NOW if revoked else None, []
     )
 
 
