@@ -6,7 +6,7 @@ inserts is new)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -23,12 +23,11 @@ from regio_billing.invariants import find_violations
 from regio_billing.journal import (
     PAYMENTS_ACCOUNT,
     PROMOTIONS_ACCOUNT,
-    REVENUE_ACCOUNT,
     customer_ledger_account,
     post_entry,
 )
 from regio_billing.price_versions import latest_prices, publish_prices
-from regio_billing.pricing import Prices, hold_amount_nano, settlement_charge
+from regio_billing.pricing import Prices, hold_amount_nano
 from regio_billing.promotions import Promotion
 from regio_billing.refunds import refund_payment
 from regio_billing.results import (
@@ -38,6 +37,7 @@ from regio_billing.results import (
     ReserveResult,
     SettleResult,
 )
+from regio_billing.settlement import SettledUsage, SettleOutcome, UsageToSettle, settle_batch
 from regio_common.catalogue import Catalogue
 
 log = structlog.get_logger()
@@ -100,9 +100,9 @@ class Ledger:
             return ReserveResult(ReserveOutcome.UNKNOWN_ROUTE, held_nano=0, available_nano=0)
 
         async with self._pool.connection() as conn:
-            existing = await self._existing_hold_result(conn, transaction_id, account_id)
-            if existing is not None:
-                return existing
+            # Two round trips for a new hold: its price, then hold-and-commit. A repeated
+            # transaction id is noticed by the hold's primary key (or, when the credit is used
+            # up, looked up before refusing) and answered with the first hold.
             prices = await latest_prices(conn, route)
             if prices is None:
                 # Prices are published at start; a route added since is priced as catalogued.
@@ -119,20 +119,20 @@ class Ledger:
                 prices=prices,
                 ttl_seconds=ttl_seconds,
             )
-            if result is not None:
-                log.info(
-                    "reserve_decided",
-                    account_id=account_id,
-                    outcome=result.outcome.value,
-                    hold_nano=amount,
-                    available_nano=result.available_nano,
-                )
-                return result
-            # A concurrent Reserve with the same transaction id committed first.
-            duplicate = await self._existing_hold_result(conn, transaction_id, account_id)
-            if duplicate is None:
-                raise RuntimeError(f"hold {transaction_id} vanished after a conflicting insert")
-            return duplicate
+            if result is None or result.outcome is ReserveOutcome.INSUFFICIENT_FUNDS:
+                existing = await self._existing_hold_result(conn, transaction_id, account_id)
+                if existing is not None:
+                    return existing
+                if result is None:
+                    raise RuntimeError(f"hold {transaction_id} vanished after a conflicting insert")
+            log.info(
+                "reserve_decided",
+                account_id=account_id,
+                outcome=result.outcome.value,
+                hold_nano=amount,
+                available_nano=result.available_nano,
+            )
+            return result
 
     async def _try_hold(
         self,
@@ -146,42 +146,46 @@ class Ledger:
         prices: Prices,
         ttl_seconds: int,
     ) -> ReserveResult | None:
-        """One transaction: raise held_nano only if the credit covers it, and record the hold.
-        None when a concurrent duplicate won (our increase is rolled back)."""
-        async with conn.transaction():
+        """One statement, atomic on its own (the pool's connections autocommit): raise
+        held_nano only if the credit covers it, and record the hold. One round trip and one
+        commit, as a reserve sits on the path of every request.
+
+        None when a concurrent Reserve of the same transaction won: the hold's primary key then
+        fails the whole statement, so our increase of held_nano never happened."""
+        try:
             # The row lock plus the re-checked WHERE make concurrent Reserves on one account
             # serialise, so available credit can never go negative.
             cursor = await conn.execute(
-                "UPDATE billing.accounts SET held_nano = held_nano + %(amount)s"
+                "WITH held AS ("
+                " UPDATE billing.accounts SET held_nano = held_nano + %(amount)s"
                 " WHERE account_id = %(account_id)s AND balance_nano - held_nano >= %(amount)s"
-                " RETURNING balance_nano - held_nano",
-                {"amount": amount, "account_id": account_id},
-            )
-            row = await cursor.fetchone()
-            if row is None:
-                available = (await _balance(conn, account_id)).available_nano
-                return ReserveResult(ReserveOutcome.INSUFFICIENT_FUNDS, 0, available)
-            available_after: int = row[0]
-            cursor = await conn.execute(
-                "INSERT INTO billing.holds (transaction_id, account_id, route, region,"
+                " RETURNING balance_nano - held_nano AS available_after),"
+                " hold AS ("
+                " INSERT INTO billing.holds (transaction_id, account_id, route, region,"
                 " amount_nano, input_price_nano, output_price_nano, expires_at)"
-                " VALUES (%s, %s, %s, %s, %s, %s, %s, now() + make_interval(secs => %s))"
-                " ON CONFLICT (transaction_id) DO NOTHING RETURNING transaction_id",
-                (
-                    transaction_id,
-                    account_id,
-                    route,
-                    region,
-                    amount,
-                    prices.input_price_nano,
-                    prices.output_price_nano,
-                    ttl_seconds,
-                ),
+                " SELECT %(transaction_id)s, %(account_id)s, %(route)s, %(region)s, %(amount)s,"
+                " %(input_price)s, %(output_price)s, now() + make_interval(secs => %(ttl)s)"
+                " FROM held)"
+                " SELECT available_after FROM held",
+                {
+                    "amount": amount,
+                    "account_id": account_id,
+                    "transaction_id": transaction_id,
+                    "route": route,
+                    "region": region,
+                    "input_price": prices.input_price_nano,
+                    "output_price": prices.output_price_nano,
+                    "ttl": ttl_seconds,
+                },
             )
-            if await cursor.fetchone() is None:
-                raise psycopg.Rollback()
-            return ReserveResult(ReserveOutcome.HELD, amount, available_after)
-        return None  # reached only after psycopg.Rollback
+        except psycopg.errors.UniqueViolation:
+            return None
+        row = await cursor.fetchone()
+        if row is None:
+            available = (await _balance(conn, account_id)).available_nano
+            return ReserveResult(ReserveOutcome.INSUFFICIENT_FUNDS, 0, available)
+        available_after: int = row[0]
+        return ReserveResult(ReserveOutcome.HELD, amount, available_after)
 
     async def _existing_hold_result(
         self, conn: Connection, transaction_id: str, account_id: str
@@ -223,69 +227,23 @@ class Ledger:
         require(bool(transaction_id), "transaction_id is required", "transaction_id")
         require(prompt_tokens >= 0, "prompt_tokens cannot be negative", "prompt_tokens")
         require(completion_tokens >= 0, "completion_tokens cannot be negative", "completion_tokens")
-        async with self._pool.connection() as conn, conn.transaction():
-            # Locking the hold serialises concurrent settlements of one transaction.
-            hold = await _find_hold(conn, transaction_id, for_update=True)
-            if hold is None:
-                raise HoldNotFound(f"no hold for transaction {transaction_id}")
-            cursor = await conn.execute(
-                "SELECT charged_nano FROM billing.settlements WHERE transaction_id = %s",
-                (transaction_id,),
-            )
-            previous = await cursor.fetchone()
-            if previous is not None:
-                log.info("settle_repeated", charged_nano=previous[0])
-                return SettleResult(charged_nano=previous[0], already_settled=True)
-
-            if hold.status != "open":
-                # Released (expired or given up) before the usage arrived: the customer was
-                # told nothing is charged. The zero settlement keeps redeliveries idempotent.
-                log.warning("settle_after_release", account_id=hold.account_id)
-                await _record_settlement(
-                    conn, hold, prompt_tokens, completion_tokens, billable, charged=0, journal=None
-                )
-                return SettleResult(charged_nano=0, already_settled=False)
-
-            charge = settlement_charge(
-                prompt_tokens, completion_tokens, billable, hold.prices, hold.amount_nano
-            )
-            if charge.capped:
-                log.error(
-                    "settle_charge_capped_at_hold",
-                    account_id=hold.account_id,
-                    cost_nano=charge.uncapped_nano,
-                    hold_nano=hold.amount_nano,
-                    prompt_tokens=prompt_tokens,
-                    completion_tokens=completion_tokens,
-                )
-            journal_id = await _post_charge(conn, hold, charge.amount_nano)
-            await conn.execute(
-                "UPDATE billing.accounts SET balance_nano = balance_nano - %s,"
-                " held_nano = held_nano - %s WHERE account_id = %s",
-                (charge.amount_nano, hold.amount_nano, hold.account_id),
-            )
-            if journal_id is not None:
-                await lots.consume(conn, hold.account_id, charge.amount_nano, journal_id)
-            await _close_hold(conn, transaction_id, "settled", None)
-            await _record_settlement(
-                conn,
-                hold,
-                prompt_tokens,
-                completion_tokens,
-                billable,
-                charged=charge.amount_nano,
-                journal=journal_id,
-            )
-        log.info(
-            "settled",
-            account_id=hold.account_id,
-            charged_nano=charge.amount_nano,
-            hold_nano=hold.amount_nano,
-            prompt_tokens=prompt_tokens,
-            completion_tokens=completion_tokens,
-            billable=billable,
+        usage = UsageToSettle(transaction_id, prompt_tokens, completion_tokens, billable)
+        (result,) = await self.settle_batch([usage])
+        if result.outcome is SettleOutcome.NO_HOLD:
+            raise HoldNotFound(f"no hold for transaction {transaction_id}")
+        if result.outcome is SettleOutcome.DUPLICATE:
+            log.info("settle_repeated", charged_nano=result.charged_nano)
+        return SettleResult(
+            charged_nano=result.charged_nano,
+            already_settled=result.outcome is SettleOutcome.DUPLICATE,
         )
-        return SettleResult(charged_nano=charge.amount_nano, already_settled=False)
+
+    async def settle_batch(self, usages: Sequence[UsageToSettle]) -> list[SettledUsage]:
+        """Settle many usage records in one transaction (see settlement.py); one result per
+        record, in order. A record without a hold is answered NO_HOLD, never charged."""
+        # Pipelined: statements that need no answer in between travel together.
+        async with self._pool.connection() as conn, conn.pipeline(), conn.transaction():
+            return await settle_batch(conn, usages)
 
     async def add_credits(
         self, account_id: str, amount_nano: int, idempotency_key: str, reference: str
@@ -476,52 +434,6 @@ async def _close_hold(
     )
     row = await cursor.fetchone()
     return None if row is None else (row[0], row[1])
-
-
-async def _post_charge(conn: Connection, hold: _Hold, amount_nano: int) -> int | None:
-    """Move the charge from the customer to revenue; no entry at all for a zero charge."""
-    if amount_nano == 0:
-        return None
-    journal_id = await post_entry(
-        conn,
-        kind="charge",
-        reference_key=hold.transaction_id,
-        memo="",
-        postings=[
-            (customer_ledger_account(hold.account_id), -amount_nano),
-            (REVENUE_ACCOUNT, amount_nano),
-        ],
-    )
-    if journal_id is None:
-        # The hold lock and the settlement check make this unreachable; refuse to double-charge.
-        raise RuntimeError(f"a charge for {hold.transaction_id} is already in the journal")
-    return journal_id
-
-
-async def _record_settlement(
-    conn: Connection,
-    hold: _Hold,
-    prompt_tokens: int,
-    completion_tokens: int,
-    billable: bool,
-    *,
-    charged: int,
-    journal: int | None,
-) -> None:
-    await conn.execute(
-        "INSERT INTO billing.settlements (transaction_id, account_id, prompt_tokens,"
-        " completion_tokens, charged_nano, billable, journal_id)"
-        " VALUES (%s, %s, %s, %s, %s, %s, %s)",
-        (
-            hold.transaction_id,
-            hold.account_id,
-            prompt_tokens,
-            completion_tokens,
-            charged,
-            billable,
-            journal,
-        ),
-    )
 
 
 async def _grant_bonus(

@@ -1,12 +1,20 @@
 """Settles holds from the usage records that workers publish to JetStream.
 
 At-least-once delivery meets an idempotent settle: a record is acked only after its settlement
-committed, so a crash redelivers it, and the settlement's unique key absorbs the repeat."""
+committed, so a crash redelivers it, and the settlement's unique key absorbs the repeat.
+
+Throughput: each pull of up to `batch` records is settled in ONE database transaction (one
+commit, one fsync) when a batch settle function is given, then every record is acked. A record
+that cannot be settled must not hold the others back: malformed records and records without a
+hold are acked and counted as rejected, and a batch whose transaction fails for any reason
+other than an unreachable database is retried record by record, so that only the bad record
+is redelivered."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+import time
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import psycopg
@@ -14,8 +22,11 @@ import structlog
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
+from regio.inference.v1 import inference_pb2
+from regio_billing.metrics import BillingMetrics
 from regio_billing.records import MalformedUsageRecord, parse_usage_record
 from regio_billing.results import SettleResult
+from regio_billing.settlement import SettledUsage, SettleOutcome, UsageToSettle
 from regio_common.errors import ClientError
 from regio_common.subjects import BILLING_USAGE_CONSUMER, USAGE_STREAM, USAGE_WILDCARD
 from regio_common.usage_stream import ensure_usage_stream
@@ -23,12 +34,19 @@ from regio_common.usage_stream import ensure_usage_stream
 log = structlog.get_logger()
 
 SettleFunction = Callable[[str, int, int, bool], Awaitable[SettleResult]]
+SettleBatchFunction = Callable[[Sequence[UsageToSettle]], Awaitable[list[SettledUsage]]]
 
 # A record not acked within this time is redelivered (a settle takes milliseconds).
 ACK_WAIT_SECONDS = 30.0
 # Redelivery delay after a database error, so an outage is not hammered.
 RETRY_DELAY_SECONDS = 2.0
 STOP_TIMEOUT_SECONDS = 10.0
+# Pulls being settled at once: the next batch is fetched and written while the previous one
+# waits for its commit (its fsync) and its acks. Two keep the database busy without letting
+# batches of the same accounts queue up on each other's row locks.
+BATCHES_IN_FLIGHT = 2
+# Records delivered and not yet acked, at most (set when the durable consumer is created).
+MAX_ACK_PENDING = 4096
 
 
 def consumer_config() -> ConsumerConfig:
@@ -39,6 +57,8 @@ def consumer_config() -> ConsumerConfig:
         ack_wait=ACK_WAIT_SECONDS,
         max_deliver=-1,  # never drop a record: an unsettled hold would expire uncharged
         filter_subject=USAGE_WILDCARD,
+        # Room for BATCHES_IN_FLIGHT pulls of a large batch (the server's default is 1,000).
+        max_ack_pending=MAX_ACK_PENDING,
     )
 
 
@@ -50,15 +70,23 @@ class UsageConsumer:
         batch: int,
         fetch_wait_seconds: float,
         retry_delay_seconds: float = RETRY_DELAY_SECONDS,
+        *,
+        settle_batch: SettleBatchFunction | None = None,
+        metrics: BillingMetrics | None = None,
     ) -> None:
+        """`settle` settles one record (the fallback, and the only path without
+        `settle_batch`); `settle_batch` settles a whole pull in one transaction."""
         self._js = js
         self._settle = settle
+        self._settle_batch = settle_batch
         self._batch = batch
         self._fetch_wait = fetch_wait_seconds
         self._retry_delay = retry_delay_seconds
+        self._metrics = metrics
         self._subscription: Any = None
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
+        self._in_flight_limit = 1
 
     async def start(self) -> None:
         await ensure_usage_stream(self._js)
@@ -68,7 +96,17 @@ class UsageConsumer:
             stream=USAGE_STREAM,
             config=consumer_config(),
         )
+        self._in_flight_limit = await self._batches_in_flight()
         self._task = asyncio.create_task(self._run(), name="usage-consumer")
+
+    async def _batches_in_flight(self) -> int:
+        """As many pulls at once as the consumer's max_ack_pending allows: beyond it, JetStream
+        delivers nothing more until acks come, and a pull would wait out its whole timeout."""
+        info = await self._subscription.consumer_info()
+        limit: int | None = info.config.max_ack_pending
+        if limit is None or limit <= 0:  # unlimited
+            return BATCHES_IN_FLIGHT
+        return max(1, min(BATCHES_IN_FLIGHT, limit // self._batch))
 
     async def stop(self) -> None:
         """Finish the current pull and its batch, then unsubscribe.
@@ -91,17 +129,77 @@ class UsageConsumer:
             self._subscription = None
 
     async def _run(self) -> None:
-        while not self._stopping:
-            try:
-                messages = await self._subscription.fetch(self._batch, timeout=self._fetch_wait)
-            except TimeoutError:  # nats.errors.TimeoutError or asyncio's: no record this time
-                continue
-            except Exception as error:  # NATS reconnecting: wait and pull again
-                log.warning("usage_fetch_failed", error=repr(error))
-                await asyncio.sleep(self._retry_delay)
-                continue
+        in_flight: set[asyncio.Task[None]] = set()
+        try:
+            while not self._stopping:
+                if len(in_flight) >= self._in_flight_limit:
+                    await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
+                    continue
+                try:
+                    messages = await self._subscription.fetch(self._batch, timeout=self._fetch_wait)
+                except TimeoutError:  # nats.errors.TimeoutError or asyncio's: no record now
+                    continue
+                except Exception as error:  # NATS reconnecting: wait and pull again
+                    log.warning("usage_fetch_failed", error=repr(error))
+                    self._count_nats_error()
+                    await asyncio.sleep(self._retry_delay)
+                    continue
+                task = asyncio.create_task(self._handle_batch_safely(messages))
+                in_flight.add(task)
+                task.add_done_callback(in_flight.discard)
+        finally:
+            if in_flight:  # a stop lets the batches in progress commit and ack
+                await asyncio.gather(*in_flight, return_exceptions=True)
+
+    async def _handle_batch_safely(self, messages: Sequence[Any]) -> None:
+        try:
+            await self.handle_batch(messages)
+        except Exception:  # never let one pull end the consumer; unacked records return
+            log.exception("usage_batch_handling_failed")
+
+    async def handle_batch(self, messages: Sequence[Any]) -> None:
+        """Settle a pull's records (one transaction when a batch settle is given), then ack."""
+        if self._settle_batch is None:
             # Records of different transactions are independent: settle them side by side.
             await asyncio.gather(*(self._handle_safely(message) for message in messages))
+            return
+        parsed: list[tuple[Any, inference_pb2.UsageRecord]] = []
+        for message in messages:
+            record = await self._parse_or_reject(message)
+            if record is not None:
+                parsed.append((message, record))
+        if not parsed:
+            return
+        usages = [_usage(record) for _, record in parsed]
+        try:
+            results = await self._settle_batch(usages)
+        except psycopg.OperationalError as error:
+            # The database is unreachable: every record would fail alike, so retry them later.
+            self._count_database_error()
+            log.warning("usage_batch_deferred", error=str(error), records=len(parsed))
+            for message, _ in parsed:
+                await self._nak(message)
+            return
+        except Exception as error:
+            # Possibly one bad record: settle one by one, so that only it is redelivered.
+            if isinstance(error, psycopg.Error):
+                self._count_database_error()
+            log.exception("usage_batch_failed_settling_one_by_one", records=len(parsed))
+            await asyncio.gather(
+                *(self._settle_one_safely(message, record) for message, record in parsed)
+            )
+            return
+        committed_unix = time.time()
+        for (_, record), result in zip(parsed, results, strict=True):
+            self._record_outcome(record, result.outcome, committed_unix)
+        for message, _ in parsed:  # an ack only queues a publish: no task per message needed
+            await self._ack(message)
+        log.info(
+            "usage_batch_settled",
+            records=len(parsed),
+            duplicates=sum(r.outcome is SettleOutcome.DUPLICATE for r in results),
+            without_hold=sum(r.outcome is SettleOutcome.NO_HOLD for r in results),
+        )
 
     async def _handle_safely(self, message: Any) -> None:
         try:
@@ -111,12 +209,17 @@ class UsageConsumer:
 
     async def handle(self, message: Any) -> None:
         """Settle one record, then ack it; nak it for a retry when settling failed transiently."""
+        record = await self._parse_or_reject(message)
+        if record is not None:
+            await self._settle_one(message, record)
+
+    async def _settle_one_safely(self, message: Any, record: inference_pb2.UsageRecord) -> None:
         try:
-            record = parse_usage_record(message.data)
-        except MalformedUsageRecord as error:
-            log.error("usage_record_malformed", subject=message.subject, error=str(error))
-            await message.ack()  # retrying can never succeed
-            return
+            await self._settle_one(message, record)
+        except Exception:
+            log.exception("usage_record_handling_failed")
+
+    async def _settle_one(self, message: Any, record: inference_pb2.UsageRecord) -> None:
         with structlog.contextvars.bound_contextvars(transaction_id=record.transaction_id):
             try:
                 result = await self._settle(
@@ -133,9 +236,11 @@ class UsageConsumer:
                     account_id=record.account_id,
                     route=record.route,
                 )
+                self._count("rejected")
                 await message.ack()
                 return
             except psycopg.Error as error:
+                self._count_database_error()
                 log.warning("usage_settle_deferred", error=str(error), retry_in=self._retry_delay)
                 await message.nak(delay=self._retry_delay)
                 return
@@ -143,6 +248,8 @@ class UsageConsumer:
                 log.exception("usage_settle_failed", retry_in=self._retry_delay)
                 await message.nak(delay=self._retry_delay)
                 return
+            outcome = SettleOutcome.DUPLICATE if result.already_settled else SettleOutcome.SETTLED
+            self._record_outcome(record, outcome, time.time())
             await message.ack()
             log.info(
                 "usage_record_settled",
@@ -150,3 +257,69 @@ class UsageConsumer:
                 charged_nano=result.charged_nano,
                 already_settled=result.already_settled,
             )
+
+    async def _parse_or_reject(self, message: Any) -> inference_pb2.UsageRecord | None:
+        """The record, or None after acking a payload that can never be settled."""
+        try:
+            return parse_usage_record(message.data)
+        except MalformedUsageRecord as error:
+            log.error("usage_record_malformed", subject=message.subject, error=str(error))
+            self._count("rejected")
+            await message.ack()  # retrying can never succeed
+            return None
+
+    def _record_outcome(
+        self, record: inference_pb2.UsageRecord, outcome: SettleOutcome, committed_unix: float
+    ) -> None:
+        if outcome is SettleOutcome.NO_HOLD:
+            # Nothing was reserved, so nothing may be charged; acked so that it cannot loop.
+            log.error(
+                "usage_record_unsettleable",
+                error="no hold for this transaction",
+                transaction_id=record.transaction_id,
+                account_id=record.account_id,
+                route=record.route,
+            )
+            self._count("rejected")
+        elif outcome is SettleOutcome.DUPLICATE:
+            self._count("duplicate")
+        else:
+            self._count("settled")
+            if self._metrics is not None and record.finished_unix_ms > 0:
+                lag = max(0.0, committed_unix - record.finished_unix_ms / 1000)
+                self._metrics.settlement_lag_seconds.observe(lag)
+
+    async def _ack(self, message: Any) -> None:
+        try:
+            await message.ack()
+        except Exception as error:  # the record comes back after the ack wait; settle is idempotent
+            self._count_nats_error()
+            log.warning("usage_ack_failed", error=repr(error))
+
+    async def _nak(self, message: Any) -> None:
+        try:
+            await message.nak(delay=self._retry_delay)
+        except Exception as error:  # unacked, it comes back after the ack wait anyway
+            self._count_nats_error()
+            log.warning("usage_nak_failed", error=repr(error))
+
+    def _count(self, outcome: str) -> None:
+        if self._metrics is not None:
+            self._metrics.settlements.labels(outcome=outcome).inc()
+
+    def _count_database_error(self) -> None:
+        if self._metrics is not None:
+            self._metrics.database_errors.inc()
+
+    def _count_nats_error(self) -> None:
+        if self._metrics is not None:
+            self._metrics.nats_errors.inc()
+
+
+def _usage(record: inference_pb2.UsageRecord) -> UsageToSettle:
+    return UsageToSettle(
+        transaction_id=record.transaction_id,
+        prompt_tokens=record.prompt_tokens,
+        completion_tokens=record.completion_tokens,
+        billable=record.billable,
+    )
