@@ -3,8 +3,9 @@
 #               workers, gateway) with real parts, and print how to call it
 #   make test   install what is needed and run unit, integration and e2e tests
 #   make lint   ruff + mypy
-#   make bench  measure the platform against llama-cpp-python on the same model (bench-model),
-#               and the routing layer against LiteLLM in front of one upstream (bench-overhead)
+#   make bench  the worker against llama-cpp-python and llama.cpp's llama-server on the same
+#               model (bench-model), the routing layer against LiteLLM in front of one upstream
+#               (bench-overhead), and billing's reserve latency and settlements/s (bench-billing)
 #   make proto  generate protobuf/gRPC stubs into build/proto (not committed)
 
 PYTHON ?= python3
@@ -19,7 +20,7 @@ SOURCE_ROOTS := services/common services/gateway services/worker services/billin
 	services/dashboard-api services/devstack $(PROTO_OUT)
 
 .PHONY: all install proto tools run test test-unit test-integration test-e2e lint bench \
-	bench-model bench-overhead clean
+	bench-model bench-overhead bench-billing clean
 
 all: install proto
 
@@ -36,6 +37,9 @@ $(DEPS_STAMP): pyproject.toml $(VENV)/bin/activate
 	@site=$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])'); \
 		rm -f $$site/regio-dev.pth; \
 		for d in $(SOURCE_ROOTS); do echo "$(CURDIR)/$$d" >> $$site/regio-dev.pth; done
+	@# `regio admin ...`: the dashboard API's command-line client.
+	@printf '#!/bin/sh\nexec "%s" -m regio_dashboard.cli "$$@"\n' "$(CURDIR)/$(PY)" > $(VENV)/bin/regio
+	@chmod +x $(VENV)/bin/regio
 	touch $@
 
 install: $(DEPS_STAMP)
@@ -70,7 +74,7 @@ test-integration: install proto
 test-e2e: install proto
 	$(PY) -m pytest -q tests/e2e
 
-bench: bench-model bench-overhead
+bench: bench-model bench-overhead bench-billing
 
 # Throughput and latency through the whole stack against llama-cpp-python on the same model.
 bench-model: install proto
@@ -80,6 +84,10 @@ bench-model: install proto
 # virtualenv in .regio/bench/, made on the first run), and behind Regio end to end.
 bench-overhead: install proto
 	$(PY) -m regio_devstack.bench_overhead
+
+# Reserve latency over gRPC and settlements/s from JetStream, real PostgreSQL (fsync on).
+bench-billing: install proto
+	$(PY) -m regio_devstack.bench_billing
 
 lint: install proto
 	$(VENV)/bin/ruff check services tests

@@ -141,6 +141,9 @@ def llama_cpp_python_results(
             str(N_CTX_PER_SLOT),
             "--n_threads",
             str(threads),
+            # Its default interrupts a running stream when a new request arrives; queue instead.
+            "--interrupt_requests",
+            "False",
             "--host",
             "127.0.0.1",
             "--port",
@@ -196,7 +199,6 @@ def regio_results(models_dir: Path, threads: int, data_dir: Path) -> dict[int, L
                 "REGIO_WORKER_SLOTS": str(SLOTS),
                 "REGIO_WORKER_N_CTX": str(N_CTX_PER_SLOT),
                 "REGIO_WORKER_THREADS": str(threads),
-                "REGIO_LOG_LEVEL": "warning",
             },
         ),
         say=lambda message: None,

@@ -7,7 +7,8 @@ import asyncio
 import json
 import statistics
 import time
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
@@ -26,6 +27,7 @@ class LoadResult:
     wall_seconds: float
     samples: list[StreamSample]
     errors: int
+    error_kinds: Counter[str] = field(default_factory=Counter)
 
     @property
     def tokens_per_second(self) -> float:
@@ -41,16 +43,20 @@ class LoadResult:
         return cuts[round(quantile * 100) - 1] * 1000
 
 
+class StreamFailed(Exception):
+    """A stream that did not deliver an answer (the message says how)."""
+
+
 async def stream_once(
     session: aiohttp.ClientSession, url: str, headers: dict[str, str], payload: bytes
-) -> StreamSample | None:
+) -> StreamSample:
     started = time.perf_counter()
     first: float | None = None
     tokens = 0
     async with session.post(url, data=payload, headers=headers) as response:
         if response.status != 200:
             await response.read()
-            return None
+            raise StreamFailed(f"http {response.status}")
         async for line in response.content:
             if not line.startswith(b"data: "):
                 continue
@@ -59,14 +65,14 @@ async def stream_once(
                 break
             event = json.loads(data)
             if "error" in event:
-                return None
+                raise StreamFailed("error event")
             for choice in event.get("choices") or []:
                 if (choice.get("delta") or {}).get("content"):
                     tokens += 1
                     if first is None:
                         first = time.perf_counter() - started
     if first is None:
-        return None
+        raise StreamFailed("no content")
     return StreamSample(first, time.perf_counter() - started, tokens)
 
 
@@ -82,25 +88,23 @@ async def run_streams(
     headers = {"Authorization": f"Bearer {api_key}", "Content-Type": "application/json"}
     payload = json.dumps({**body, "stream": True}).encode()
     samples: list[StreamSample] = []
-    errors = 0
+    errors: Counter[str] = Counter()
 
     async def client(session: aiohttp.ClientSession) -> None:
-        nonlocal errors
         for _ in range(requests_per_stream):
             try:
-                sample = await stream_once(session, url, headers, payload)
-            except (TimeoutError, aiohttp.ClientError, ValueError):
-                sample = None
-            if sample is None:
-                errors += 1
-            else:
-                samples.append(sample)
+                samples.append(await stream_once(session, url, headers, payload))
+            except StreamFailed as failure:
+                errors[str(failure)] += 1
+            except (TimeoutError, aiohttp.ClientError, ValueError) as error:
+                errors[type(error).__name__] += 1
 
     timeout = aiohttp.ClientTimeout(total=600)
-    async with aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(limit=concurrency), timeout=timeout
-    ) as session:
+    # A new connection per request: servers differ in how they keep connections alive after a
+    # stream, and a reused connection the server has closed would count against it.
+    connector = aiohttp.TCPConnector(limit=concurrency, force_close=True)
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
         started = time.perf_counter()
         await asyncio.gather(*(client(session) for _ in range(concurrency)))
         wall = time.perf_counter() - started
-    return LoadResult(concurrency, wall, samples, errors)
+    return LoadResult(concurrency, wall, samples, sum(errors.values()), errors)

@@ -10,12 +10,15 @@ earlier turns of a conversation) resumes from there instead of recomputing it.""
 from __future__ import annotations
 
 import ctypes
+import os
 import queue
 import threading
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import llama_cpp
+import numpy
 import structlog
 
 from regio_worker.engine.base import FinishReason, GenerationEvent, TextDelta
@@ -28,6 +31,7 @@ EmitEvent = Callable[[GenerationEvent | None], None]  # None: the generation's e
 
 # llama_decode's "no KV cache room for this batch" answer (negative values are hard errors).
 DECODE_NO_ROOM = 1
+SAMPLING_THREADS = min(os.cpu_count() or 1, 8)
 
 
 @dataclass(frozen=True)
@@ -39,6 +43,11 @@ class SamplingSettings:
     presence_penalty: float
     frequency_penalty: float
     seed: int  # uint32; LLAMA_DEFAULT_SEED picks a random one
+
+    @property
+    def greedy(self) -> bool:
+        """Plain argmax: no randomness and no penalty that depends on earlier tokens."""
+        return self.temperature <= 0 and not (self.presence_penalty or self.frequency_penalty)
 
 
 @dataclass
@@ -106,6 +115,9 @@ class BatchScheduler:
         self._batch = llama_cpp.llama_batch_init(n_batch, 0, 1)
         self._incoming: queue.Queue[Job | None] = queue.Queue()
         self._waiting: list[Job] = []
+        self._samplers = ThreadPoolExecutor(
+            max_workers=SAMPLING_THREADS, thread_name_prefix="sample"
+        )
         self._closing = False
         self._thread = threading.Thread(target=self._run, name="llama-batch", daemon=True)
         self._thread.start()
@@ -123,6 +135,7 @@ class BatchScheduler:
         self._closing = True
         self._incoming.put(None)
         self._thread.join()
+        self._samplers.shutdown()
         llama_cpp.llama_batch_free(self._batch)
 
     # --- the scheduler thread ----------------------------------------------------------------
@@ -222,6 +235,7 @@ class BatchScheduler:
         if result != 0:
             self._decode_failed(running, result)
             return
+        sampling: list[Job] = []
         for job in running:
             if job.prefilling:
                 self._slot(job).cached.extend(job.prompt[job.evaluated : job.evaluated + job.chunk])
@@ -229,7 +243,16 @@ class BatchScheduler:
             elif job.completion_tokens > 0:
                 self._slot(job).cached.append(job.next_token)
             if job.batch_index >= 0 and not job.prefilling:
-                self._sample(job)
+                sampling.append(job)
+        # Sampling reads a whole vocabulary of logits per sequence (262k for Gemma): the decode
+        # threads are idle meanwhile, so the sequences are sampled side by side (ctypes calls
+        # release the GIL).
+        if len(sampling) > 1:
+            tokens = list(self._samplers.map(self._draw, sampling))
+        else:
+            tokens = [self._draw(job) for job in sampling]
+        for job, token in zip(sampling, tokens, strict=True):
+            self._take(job, token)
 
     def _add(self, size: int, token: int, position: int, seq_id: int, *, logits: bool) -> int:
         batch = self._batch
@@ -240,9 +263,20 @@ class BatchScheduler:
         batch.logits[size] = logits
         return size + 1
 
-    def _sample(self, job: Job) -> None:
-        assert job.sampler is not None and job.text is not None and job.stops is not None
-        token = llama_cpp.llama_sampler_sample(job.sampler, self._context, job.batch_index)
+    def _draw(self, job: Job) -> int:
+        """The next token of `job` from its logits in the batch just decoded."""
+        if job.sampling.greedy:
+            # Argmax over the logits; llama_sampler_sample would first copy the whole vocabulary
+            # into a candidate array.
+            logits = llama_cpp.llama_get_logits_ith(self._context, job.batch_index)
+            return int(numpy.ctypeslib.as_array(logits, shape=(self._n_vocab,)).argmax())
+        assert job.sampler is not None
+        token: int = llama_cpp.llama_sampler_sample(job.sampler, self._context, job.batch_index)
+        return token
+
+    def _take(self, job: Job, token: int) -> None:
+        """Stream the sampled token and end the job when it is done."""
+        assert job.text is not None and job.stops is not None
         job.completion_tokens += 1
         job.next_token = token
         if llama_cpp.llama_vocab_is_eog(self._vocab, token):

@@ -237,7 +237,8 @@ def _new_context(
     params.n_threads_batch = n_threads
     # One KV buffer shared by all sequences (as llama-server does): a slot's cached prefix
     # costs memory only for the tokens it really holds.
-    params.kv_unified = True
+    params.kv_unified = False
+    params.swa_full = False
     params.no_perf = True
     if flash_attention is not None:
         params.flash_attn_type = (
