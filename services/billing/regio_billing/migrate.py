@@ -6,22 +6,21 @@ lock (regio_common.migrations), so running side by side applies each migration o
 
 from __future__ import annotations
 
-import asyncio
-
-from regio_billing.database import SCHEMA, migrate
+from regio_billing.database import MIGRATIONS_FOLDER, SCHEMA
 from regio_billing.settings import BillingSettings
-from regio_common.logging import configure_logging
+from regio_common.migrations import run_migrations_command
 
 
 def main() -> None:
     settings = BillingSettings()
-    log = configure_logging("billing-migrate", settings.log_level, settings.log_format)
-    try:
-        applied = asyncio.run(migrate(settings.database_url))
-    except Exception:
-        log.exception("migrations_failed", schema=SCHEMA)
-        raise SystemExit(1) from None
-    log.info("migrations_done", schema=SCHEMA, applied=applied)
+    run_migrations_command(
+        "billing",
+        settings.database_url,
+        SCHEMA,
+        MIGRATIONS_FOLDER,
+        settings.log_level,
+        settings.log_format,
+    )
 
 
 if __name__ == "__main__":

@@ -5,12 +5,15 @@ serialised across replicas by an advisory lock and recorded in `<schema>.schema_
 
 from __future__ import annotations
 
+import asyncio
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import psycopg
 from psycopg import sql
+
+from regio_common.logging import configure_logging
 
 
 @dataclass(frozen=True)
@@ -70,3 +73,17 @@ async def apply_migrations(database_url: str, schema: str, folder: Path) -> list
         finally:
             await conn.execute("SELECT pg_advisory_unlock(%s)", (lock_key,))
     return applied_now
+
+
+def run_migrations_command(
+    service: str, database_url: str, schema: str, folder: Path, log_level: str, log_format: str
+) -> None:
+    """The body of a service's `python -m <service>.migrate` (the Kubernetes migrations Job):
+    apply, log, and exit 1 on failure."""
+    log = configure_logging(f"{service}-migrate", log_level, log_format)
+    try:
+        applied = asyncio.run(apply_migrations(database_url, schema, folder))
+    except Exception:
+        log.exception("migrations_failed", schema=schema)
+        raise SystemExit(1) from None
+    log.info("migrations_done", schema=schema, applied=applied)

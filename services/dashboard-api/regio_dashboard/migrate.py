@@ -6,10 +6,7 @@ lock (regio_common.migrations), so running side by side applies each migration o
 
 from __future__ import annotations
 
-import asyncio
-
-from regio_common.logging import configure_logging
-from regio_common.migrations import apply_migrations
+from regio_common.migrations import run_migrations_command
 from regio_dashboard.app import MIGRATIONS
 from regio_dashboard.settings import DashboardSettings
 
@@ -18,13 +15,14 @@ SCHEMA = "dashboard"
 
 def main() -> None:
     settings = DashboardSettings()
-    log = configure_logging("dashboard-migrate", settings.log_level, settings.log_format)
-    try:
-        applied = asyncio.run(apply_migrations(settings.database_url, SCHEMA, MIGRATIONS))
-    except Exception:
-        log.exception("migrations_failed", schema=SCHEMA)
-        raise SystemExit(1) from None
-    log.info("migrations_done", schema=SCHEMA, applied=applied)
+    run_migrations_command(
+        "dashboard",
+        settings.database_url,
+        SCHEMA,
+        MIGRATIONS,
+        settings.log_level,
+        settings.log_format,
+    )
 
 
 if __name__ == "__main__":
