@@ -181,13 +181,31 @@ def _new_key() -> str:
     return f"cli-{uuid.uuid4().hex}"
 
 
+def connection_options() -> argparse.ArgumentParser:
+    """Options accepted before and after `admin` (`regio admin --token …`). A new parser each
+    time: argparse shares a parent's actions, and the top level's defaults must stay its own."""
+    options = argparse.ArgumentParser(add_help=False)
+    options.add_argument("--url", default=argparse.SUPPRESS, help="dashboard API base URL")
+    options.add_argument("--token", default=argparse.SUPPRESS, help="admin token")
+    options.add_argument(
+        "--json", action="store_true", default=argparse.SUPPRESS, help="machine-readable output"
+    )
+    return options
+
+
 def parser() -> argparse.ArgumentParser:
-    top = argparse.ArgumentParser(prog="regio", description="Regio command line.")
-    top.add_argument("--url", default=os.environ.get("REGIO_DASHBOARD_URL", DEFAULT_URL))
-    top.add_argument("--token", default=os.environ.get("REGIO_ADMIN_TOKEN"))
-    top.add_argument("--json", action="store_true", help="machine-readable output")
+    top = argparse.ArgumentParser(
+        prog="regio", description="Regio command line.", parents=[connection_options()]
+    )
+    top.set_defaults(
+        url=os.environ.get("REGIO_DASHBOARD_URL", DEFAULT_URL),
+        token=os.environ.get("REGIO_ADMIN_TOKEN"),
+        json=False,
+    )
     areas = top.add_subparsers(dest="area", required=True)
-    admin = areas.add_parser("admin", help="admin tasks over the dashboard API")
+    admin = areas.add_parser(
+        "admin", help="admin tasks over the dashboard API", parents=[connection_options()]
+    )
     resources = admin.add_subparsers(dest="resource", required=True)
 
     accounts = resources.add_parser("accounts").add_subparsers(dest="action", required=True)
