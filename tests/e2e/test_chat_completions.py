@@ -95,7 +95,7 @@ def test_models_lists_the_activated_routes_of_the_region(client: openai.OpenAI) 
         "tools": False,
         "vision": False,
         "audio": False,
-        "json_mode": False,
+        "json_mode": True,
         "token_budget": False,
     }
     assert "temperature" in liv["supported_parameters"]

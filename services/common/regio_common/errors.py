@@ -8,6 +8,7 @@ from typing import Any, ClassVar
 # Causes a worker reports in InferenceChunk.error_code.
 CONTEXT_LENGTH_EXCEEDED = "context_length_exceeded"  # the client's prompt does not fit
 GENERATION_FAILED = "generation_failed"  # our failure
+INVALID_RESPONSE_FORMAT = "invalid_response_format"  # a JSON schema the worker cannot enforce
 
 
 class RegioError(Exception):

@@ -10,8 +10,15 @@ from regio_worker.engine.base import (
     FinishReason,
     GenerationFinished,
     GenerationRequest,
+    OutputFormat,
     Usage,
 )
+
+OUTPUT_FORMATS: dict[inference_pb2.ResponseFormat.Kind.ValueType, OutputFormat] = {
+    inference_pb2.ResponseFormat.KIND_TEXT: OutputFormat.TEXT,
+    inference_pb2.ResponseFormat.KIND_JSON_OBJECT: OutputFormat.JSON_OBJECT,
+    inference_pb2.ResponseFormat.KIND_JSON_SCHEMA: OutputFormat.JSON_SCHEMA,
+}
 
 FINISH_REASON_TO_PROTO: dict[FinishReason, inference_pb2.FinishReason.ValueType] = {
     FinishReason.STOP: inference_pb2.FINISH_REASON_STOP,
@@ -45,6 +52,8 @@ def generation_request(request: inference_pb2.InferenceRequest) -> GenerationReq
         frequency_penalty=(
             sampling.frequency_penalty if sampling.HasField("frequency_penalty") else None
         ),
+        output_format=OUTPUT_FORMATS[request.response_format.kind],
+        json_schema=request.response_format.json_schema,
     )
 
 
@@ -104,7 +113,10 @@ def usage_message(usage: Usage) -> inference_pb2.Usage:
 
 
 def is_billable(finished: GenerationFinished) -> bool:
-    """Nothing is charged for a request that failed or was cancelled before its first token."""
+    """Nothing is charged for a request that failed or was cancelled before its first token,
+    nor for output that broke its promise (JSON mode output that is not valid JSON)."""
+    if finished.unbilled_reason:
+        return False
     ended_early = finished.finish_reason in (FinishReason.ERROR, FinishReason.CANCELLED)
     return not (ended_early and finished.usage.completion_tokens == 0)
 
@@ -128,4 +140,5 @@ def usage_record(
         finish_reason=FINISH_REASON_TO_PROTO[finished.finish_reason],
         billable=is_billable(finished),
         finished_unix_ms=finished_unix_ms,
+        unbilled_reason=finished.unbilled_reason,
     )

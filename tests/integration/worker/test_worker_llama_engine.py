@@ -6,6 +6,7 @@ The model is loaded once for the module (about a second); generations are short 
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -22,6 +23,7 @@ from regio_worker.engine.base import (
     GenerationEvent,
     GenerationFinished,
     GenerationRequest,
+    OutputFormat,
     TextDelta,
 )
 from regio_worker.engine.batch_scheduler import token_piece
@@ -286,3 +288,58 @@ async def test_a_shared_free_system_prompt_is_reused_from_the_kv_cache(
     # shared with the previous prompt are the billable part that was reused.
     assert final.usage.free_prompt_tokens > 10
     assert 0 < final.usage.cached_tokens < final.usage.prompt_tokens
+
+
+async def test_json_object_mode_answers_valid_json_that_is_billed(
+    engine: BatchedLlamaEngine,
+) -> None:
+    request = greedy(
+        'Reply with a JSON object with the key "answer" and the value "yes".',
+        max_tokens=120,
+        output_format=OutputFormat.JSON_OBJECT,
+    )
+    text, final = await run(engine, request)
+    assert isinstance(json.loads(text), dict)
+    assert final.finish_reason is FinishReason.STOP  # the grammar let it end only when complete
+    assert final.unbilled_reason == ""
+
+
+async def test_json_schema_mode_follows_the_schema(engine: BatchedLlamaEngine) -> None:
+    schema = {
+        "type": "object",
+        "properties": {"city": {"type": "string"}, "population": {"type": "integer"}},
+        "required": ["city", "population"],
+    }
+    request = greedy(
+        "Name a city and its population.",
+        max_tokens=120,
+        output_format=OutputFormat.JSON_SCHEMA,
+        json_schema=json.dumps(schema),
+    )
+    text, _ = await run(engine, request)
+    answer = json.loads(text)
+    assert isinstance(answer["city"], str) and isinstance(answer["population"], int)
+
+
+async def test_json_cut_by_max_tokens_is_marked_not_billable(engine: BatchedLlamaEngine) -> None:
+    request = greedy(
+        "Describe a cat as JSON.", max_tokens=3, output_format=OutputFormat.JSON_OBJECT
+    )
+    text, final = await run(engine, request)
+    assert final.finish_reason is FinishReason.LENGTH
+    assert final.unbilled_reason == "invalid_json"
+    with pytest.raises(ValueError):
+        json.loads(text)
+
+
+async def test_a_schema_that_cannot_be_enforced_is_a_clear_error(
+    engine: BatchedLlamaEngine,
+) -> None:
+    request = greedy(
+        "Hi", max_tokens=5, output_format=OutputFormat.JSON_SCHEMA, json_schema="{not json"
+    )
+    text, final = await run(engine, request)
+    assert text == ""
+    assert final.finish_reason is FinishReason.ERROR
+    assert final.error_code == "invalid_response_format"
+    assert final.usage.completion_tokens == 0

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
 
+from regio.inference.v1 import inference_pb2
 from regio_common.catalogue import Catalogue, Route
 from regio_common.errors import InvalidRequest
 from regio_common.settings import DEFAULT_CATALOGUE, PROJECT_ROOT
@@ -77,14 +79,56 @@ def test_max_tokens_defaults_and_is_clamped_to_the_route(liv: Route) -> None:
 
 
 def test_parameters_the_route_lacks_are_refused(liv: Route, production_liv: Route) -> None:
-    request = ChatCompletionRequest.parse(
-        {"model": "liv", "messages": [USER], "response_format": {"type": "json_object"}}
-    )
+    tool = {"type": "function", "function": {"name": "now", "parameters": {"type": "object"}}}
+    request = ChatCompletionRequest.parse({"model": "liv", "messages": [USER], "tools": [tool]})
     with pytest.raises(InvalidRequest) as caught:
         request.check_supported(liv)
-    assert caught.value.param == "response_format"
+    assert caught.value.param == "tools"
     assert caught.value.code == "unsupported_parameter"
-    request.check_supported(production_liv)  # the production route has JSON mode
+    request.check_supported(production_liv)  # the production route has tools
+
+
+def test_json_mode_needs_the_route_but_a_text_format_asks_for_nothing(liv: Route) -> None:
+    without_json = liv.model_copy(
+        update={
+            "supported_parameters": [p for p in liv.supported_parameters if p != "response_format"]
+        }
+    )
+
+    def request(kind: str) -> ChatCompletionRequest:
+        return ChatCompletionRequest.parse(
+            {"model": "liv", "messages": [USER], "response_format": {"type": kind}}
+        )
+
+    request("json_object").check_supported(liv)
+    request("text").check_supported(without_json)
+    with pytest.raises(InvalidRequest) as caught:
+        request("json_object").check_supported(without_json)
+    assert caught.value.param == "response_format"
+
+
+def test_a_json_schema_travels_to_the_worker_as_json_text(liv: Route) -> None:
+    schema = {"type": "object", "properties": {"a": {"type": "integer"}}}
+    request = ChatCompletionRequest.parse(
+        {
+            "model": "liv",
+            "messages": [USER],
+            "response_format": {
+                "type": "json_schema",
+                "json_schema": {"name": "a", "schema": schema},
+            },
+        }
+    )
+    proto = request.to_inference_request(
+        transaction_id="t",
+        account_id="a",
+        route=liv,
+        region="eu",
+        free_system_prompt="",
+        deadline_unix_ms=0,
+    )
+    assert proto.response_format.kind == inference_pb2.ResponseFormat.KIND_JSON_SCHEMA
+    assert json.loads(proto.response_format.json_schema) == schema
 
 
 def test_prompt_token_bound_covers_every_byte() -> None:

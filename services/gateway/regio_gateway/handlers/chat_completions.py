@@ -16,6 +16,7 @@ from regio.inference.v1 import inference_pb2
 from regio_common.catalogue import Route
 from regio_common.errors import (
     CONTEXT_LENGTH_EXCEEDED,
+    INVALID_RESPONSE_FORMAT,
     BillingUnavailable,
     ClientError,
     InvalidRequest,
@@ -203,6 +204,8 @@ def _worker_failure(final: inference_pb2.InferenceChunk | None) -> RegioError:
     detail = final.error_message if final is not None else "stream ended without a result"
     if final is not None and final.error_code == CONTEXT_LENGTH_EXCEEDED:
         return InvalidRequest(detail, param="messages", code=CONTEXT_LENGTH_EXCEEDED)
+    if final is not None and final.error_code == INVALID_RESPONSE_FORMAT:
+        return InvalidRequest(detail, param="response_format", code=INVALID_RESPONSE_FORMAT)
     # The worker's detail may describe internals: it goes to the log, not to the client.
     log.error("generation_failed", detail=detail)
     return ServerError("The model failed to generate a response; please retry.")

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from regio.inference.v1 import inference_pb2
 from regio_common.catalogue import Route
@@ -58,6 +59,42 @@ class ChatMessage(BaseModel):
         return "".join(part.text for part in self.content)
 
 
+class JsonSchemaFormat(BaseModel):
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+
+    name: str = Field(min_length=1, max_length=64)
+    description: str | None = None
+    # `schema` shadows a BaseModel attribute, hence the alias.
+    json_schema: dict[str, Any] = Field(default_factory=dict, alias="schema")
+    strict: bool | None = None
+
+
+class ResponseFormat(BaseModel):
+    """OpenAI's `response_format`: free text, any JSON object, or JSON matching a schema. JSON
+    is enforced by grammar-constrained decoding in the worker."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
+
+    @model_validator(mode="after")
+    def _schema_with_json_schema(self) -> ResponseFormat:
+        if (self.type == "json_schema") != (self.json_schema is not None):
+            raise ValueError("'json_schema' is required with type 'json_schema', and only then")
+        return self
+
+    def to_proto(self) -> inference_pb2.ResponseFormat:
+        if self.type == "json_object":
+            return inference_pb2.ResponseFormat(kind=inference_pb2.ResponseFormat.KIND_JSON_OBJECT)
+        if self.json_schema is not None:
+            return inference_pb2.ResponseFormat(
+                kind=inference_pb2.ResponseFormat.KIND_JSON_SCHEMA,
+                json_schema=json.dumps(self.json_schema.json_schema),
+            )
+        return inference_pb2.ResponseFormat()
+
+
 class StreamOptions(BaseModel):
     include_usage: bool = False
 
@@ -83,7 +120,7 @@ class ChatCompletionRequest(BaseModel):
     frequency_penalty: float | None = Field(None, ge=-2.0, le=2.0)
     n: int = Field(1, ge=1, le=1)
     user: str | None = None
-    response_format: dict[str, Any] | None = None
+    response_format: ResponseFormat | None = None
     tools: list[dict[str, Any]] | None = None
     tool_choice: str | dict[str, Any] | None = None
     reasoning: dict[str, Any] | None = None
@@ -121,6 +158,9 @@ class ChatCompletionRequest(BaseModel):
         supported = set(route.supported_parameters)
         for name in OPTIONAL_PARAMETERS:
             used = name in self.model_fields_set and getattr(self, name) is not None
+            if name == "response_format" and self.response_format is not None:
+                # Some clients send {"type": "text"} by default: that asks for nothing special.
+                used = self.response_format.type != "text"
             if used and name not in supported:
                 raise InvalidRequest(
                     f"The parameter '{name}' is not supported by model '{route.name}'.",
@@ -179,6 +219,9 @@ class ChatCompletionRequest(BaseModel):
             sampling=sampling,
             free_system_prompt=free_system_prompt,
             deadline_unix_ms=deadline_unix_ms,
+            response_format=(
+                self.response_format.to_proto() if self.response_format is not None else None
+            ),
         )
 
 

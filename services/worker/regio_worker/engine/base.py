@@ -21,6 +21,12 @@ class ChatMessage:
     content: str
 
 
+class OutputFormat(StrEnum):
+    TEXT = "text"
+    JSON_OBJECT = "json_object"  # any JSON object
+    JSON_SCHEMA = "json_schema"  # JSON matching GenerationRequest.json_schema
+
+
 @dataclass(frozen=True)
 class GenerationRequest:
     transaction_id: str
@@ -33,6 +39,8 @@ class GenerationRequest:
     seed: int | None = None
     presence_penalty: float | None = None
     frequency_penalty: float | None = None
+    output_format: OutputFormat = OutputFormat.TEXT
+    json_schema: str = ""  # with OutputFormat.JSON_SCHEMA: the schema as JSON text
 
 
 @dataclass(frozen=True)
@@ -55,8 +63,11 @@ class GenerationFinished:
     finish_reason: FinishReason
     usage: Usage = field(default_factory=Usage)
     error_message: str = ""
-    # With ERROR: regio_common.errors.CONTEXT_LENGTH_EXCEEDED or GENERATION_FAILED.
+    # With ERROR: regio_common.errors.CONTEXT_LENGTH_EXCEEDED, INVALID_RESPONSE_FORMAT or
+    # GENERATION_FAILED.
     error_code: str = ""
+    # Set when tokens were produced but must not be charged (e.g. "invalid_json").
+    unbilled_reason: str = ""
 
 
 GenerationEvent = TextDelta | GenerationFinished

@@ -43,11 +43,17 @@ class SamplingSettings:
     presence_penalty: float
     frequency_penalty: float
     seed: int  # uint32; LLAMA_DEFAULT_SEED picks a random one
+    grammar: str = ""  # GBNF (root rule "root") the output must follow; empty: free text
 
     @property
     def greedy(self) -> bool:
-        """Plain argmax: no randomness and no penalty that depends on earlier tokens."""
-        return self.temperature <= 0 and not (self.presence_penalty or self.frequency_penalty)
+        """Plain argmax: no randomness, no grammar and no penalty that depends on earlier
+        tokens."""
+        return (
+            self.temperature <= 0
+            and not (self.presence_penalty or self.frequency_penalty)
+            and not self.grammar
+        )
 
 
 @dataclass
@@ -205,7 +211,7 @@ class BatchScheduler:
         slot.job = job
         job.slot = slot.seq_id
         job.evaluated = job.reused = reused
-        job.sampler = _build_sampler(job.sampling, self._n_vocab)
+        job.sampler = _build_sampler(job.sampling, self._vocab, self._n_vocab)
         job.text = IncrementalDetokenizer(self._token_bytes)
         job.stops = StopStringFilter(job.stop_strings)
 
@@ -335,12 +341,20 @@ def _common_prefix(cached: Sequence[int], prompt: Sequence[int]) -> int:
     return common
 
 
-def _build_sampler(settings: SamplingSettings, n_vocab: int) -> llama_cpp.llama_sampler_p:
-    """llama.cpp's usual chain: penalties, top-k, top-p, min-p, temperature, then a seeded
-    draw; temperature 0 is greedy."""
+def _build_sampler(
+    settings: SamplingSettings, vocab: llama_cpp.llama_vocab_p, n_vocab: int
+) -> llama_cpp.llama_sampler_p:
+    """llama.cpp's usual chain: grammar, penalties, top-k, top-p, min-p, temperature, then a
+    seeded draw; temperature 0 is greedy."""
     chain: llama_cpp.llama_sampler_p = llama_cpp.llama_sampler_chain_init(
         llama_cpp.llama_sampler_chain_default_params()
     )
+    if settings.grammar:
+        grammar = llama_cpp.llama_sampler_init_grammar(vocab, settings.grammar.encode(), b"root")
+        if not grammar:
+            llama_cpp.llama_sampler_free(chain)
+            raise ValueError("the output grammar does not parse")
+        llama_cpp.llama_sampler_chain_add(chain, grammar)
     if settings.presence_penalty or settings.frequency_penalty:
         llama_cpp.llama_sampler_chain_add(
             chain,

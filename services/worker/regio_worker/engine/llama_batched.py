@@ -16,17 +16,24 @@ import llama_cpp
 import structlog
 from llama_cpp import Llama
 
-from regio_common.errors import CONTEXT_LENGTH_EXCEEDED, GENERATION_FAILED
+from regio_common.errors import (
+    CONTEXT_LENGTH_EXCEEDED,
+    GENERATION_FAILED,
+    INVALID_RESPONSE_FORMAT,
+)
 from regio_worker.engine.base import (
     Engine,
     FinishReason,
     GenerationEvent,
     GenerationFinished,
     GenerationRequest,
+    OutputFormat,
+    TextDelta,
     Usage,
 )
 from regio_worker.engine.batch_scheduler import BatchScheduler, Job, SamplingSettings, token_piece
 from regio_worker.engine.chat_prompt import ChatPromptBuilder, PromptTokens
+from regio_worker.engine.json_output import checked_json_output, output_grammar
 from regio_worker.engine.llama_chat_formats import gguf_chat_format, named_chat_format
 
 log = structlog.get_logger()
@@ -142,12 +149,24 @@ class BatchedLlamaEngine(Engine):
                 FinishReason.ERROR, usage, message, error_code=CONTEXT_LENGTH_EXCEEDED
             )
             return
+        try:
+            grammar = output_grammar(request)
+        except ValueError as error:
+            yield GenerationFinished(
+                FinishReason.ERROR, usage, str(error), error_code=INVALID_RESPONSE_FORMAT
+            )
+            return
         events: asyncio.Queue[GenerationEvent | None] = asyncio.Queue()
-        job = self._job(request, prompt, room, usage, events)
+        job = self._job(request, prompt, room, usage, events, grammar)
         self._jobs[request.transaction_id] = job
         self._scheduler.submit(job)
+        text: list[str] = []
         try:
             while (event := await events.get()) is not None:
+                if isinstance(event, TextDelta):
+                    text.append(event.text)
+                elif request.output_format is not OutputFormat.TEXT:
+                    event = checked_json_output(event, "".join(text))
                 yield event
         finally:
             job.abort.set()  # a consumer that stops listening frees the slot too
@@ -172,6 +191,7 @@ class BatchedLlamaEngine(Engine):
         room: int,
         usage: Usage,
         events: asyncio.Queue[GenerationEvent | None],
+        grammar: str,
     ) -> Job:
         loop = asyncio.get_running_loop()
 
@@ -197,7 +217,7 @@ class BatchedLlamaEngine(Engine):
         return Job(
             prompt=prompt.tokens,
             max_tokens=max_tokens,
-            sampling=_sampling(request),
+            sampling=_sampling(request, grammar),
             stop_strings=(*request.stop, *prompt.stop_strings),
             emit=emit,
             on_finish=on_finish,
@@ -207,8 +227,9 @@ class BatchedLlamaEngine(Engine):
         return self._llm.tokenize(text.encode("utf-8"), add_bos=add_bos, special=True)
 
 
-def _sampling(request: GenerationRequest) -> SamplingSettings:
+def _sampling(request: GenerationRequest, grammar: str) -> SamplingSettings:
     return SamplingSettings(
+        grammar=grammar,
         temperature=DEFAULT_TEMPERATURE if request.temperature is None else request.temperature,
         top_p=DEFAULT_TOP_P if request.top_p is None else request.top_p,
         top_k=TOP_K,

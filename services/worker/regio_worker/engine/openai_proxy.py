@@ -37,6 +37,7 @@ from regio_worker.engine.base import (
     GenerationEvent,
     GenerationFinished,
     GenerationRequest,
+    OutputFormat,
     TextDelta,
     Usage,
 )
@@ -114,6 +115,14 @@ def chat_completion_body(request: GenerationRequest, model: str | None) -> dict[
     body.update({name: value for name, value in optional.items() if value is not None})
     if request.stop:
         body["stop"] = list(request.stop)
+    if request.output_format is OutputFormat.JSON_OBJECT:
+        body["response_format"] = {"type": "json_object"}
+    elif request.output_format is OutputFormat.JSON_SCHEMA:
+        schema = json.loads(request.json_schema)
+        body["response_format"] = {
+            "type": "json_schema",
+            "json_schema": {"name": "response", "schema": schema},
+        }
     return body
 
 
