@@ -218,7 +218,7 @@ async def test_kill_9_of_billing_while_settling_loses_and_doubles_nothing(
     try:
         accounts = await fund_accounts(billing)
         abandoned = await abandon_holds(billing, accounts, 20)
-        records = 1_500
+        records = 4_000  # settling takes long enough that each kill lands mid-batch
         transactions = await create_holds(database_url, accounts, records)
         owners = {t: accounts[n % len(accounts)] for n, t in enumerate(transactions)}
         js = nats_client.jetstream()
