@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+import grpc
 import psycopg
 
-from regio.billing.v1 import billing_pb2
+from regio.billing.v1 import billing_pb2, billing_pb2_grpc
 from regio_billing.app import BillingApp
 from regio_billing.ledger import Ledger
 from regio_billing.settings import BillingSettings
@@ -106,3 +108,19 @@ def billing_settings(database_url: str, nats_url: str) -> BillingSettings:
         database_pool_size=12,
         log_level="warning",
     )
+
+
+@contextlib.asynccontextmanager
+async def running_billing(database_url: str, nats_url: str) -> AsyncIterator[RunningBilling]:
+    """A started billing service with a gRPC stub; the ledger invariants must hold at the end."""
+    # A short pull wait: every stop waits for the pull in progress.
+    app = BillingApp(billing_settings(database_url, nats_url), usage_fetch_wait_seconds=0.2)
+    await app.start()
+    channel = grpc.aio.insecure_channel(app.address)
+    try:
+        yield RunningBilling(app, billing_pb2_grpc.BillingStub(channel), database_url)
+        violations = await app.ledger.check_invariants()
+    finally:
+        await channel.close()
+        await app.stop()
+    assert violations == []

@@ -6,37 +6,26 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
-import grpc
 import nats
 import pytest
 
-from regio.billing.v1 import billing_pb2_grpc
-from regio_billing.app import BillingApp
 from regio_billing.database import migrate, open_pool
 from regio_billing.ledger import Ledger
 from regio_billing.settings import BillingSettings
 from regio_common.catalogue import Catalogue
 from regio_devstack.servers import NatsServer
-from tests.integration.billing.billing_helpers import RunningBilling, billing_settings
+from tests.integration.billing.billing_helpers import (
+    RunningBilling,
+    running_billing,
+)
 
 
 @pytest.fixture
 async def billing(
     fresh_database_url: str, nats_server: NatsServer
 ) -> AsyncIterator[RunningBilling]:
-    # A short pull wait: every stop waits for the pull in progress.
-    app = BillingApp(
-        billing_settings(fresh_database_url, nats_server.url), usage_fetch_wait_seconds=0.2
-    )
-    await app.start()
-    channel = grpc.aio.insecure_channel(app.address)
-    try:
-        yield RunningBilling(app, billing_pb2_grpc.BillingStub(channel), fresh_database_url)
-        violations = await app.ledger.check_invariants()
-    finally:
-        await channel.close()
-        await app.stop()
-    assert violations == []
+    async with running_billing(fresh_database_url, nats_server.url) as running:
+        yield running
 
 
 @pytest.fixture

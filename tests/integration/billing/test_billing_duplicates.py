@@ -14,12 +14,9 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import grpc
 import nats
 import pytest
 
-from regio.billing.v1 import billing_pb2_grpc
-from regio_billing.app import BillingApp
 from regio_common.subjects import BILLING_USAGE_CONSUMER, USAGE_STREAM
 from regio_common.usage_stream import usage_stream_config
 from regio_devstack.servers import NatsServer
@@ -28,11 +25,11 @@ from tests.integration.billing.billing_helpers import (
     LIV_OUTPUT_NANO_PER_TOKEN,
     RunningBilling,
     balance_of,
-    billing_settings,
     fund,
     new_id,
     query,
     reserve,
+    running_billing,
     wait_for,
 )
 from tests.integration.billing.test_billing_usage_consumer import publish, usage_record
@@ -62,18 +59,8 @@ async def own_nats(tmp_path: Path) -> AsyncIterator[NatsServer]:
 async def billing_on_own_nats(
     fresh_database_url: str, own_nats: NatsServer
 ) -> AsyncIterator[RunningBilling]:
-    app = BillingApp(
-        billing_settings(fresh_database_url, own_nats.url), usage_fetch_wait_seconds=0.2
-    )
-    await app.start()
-    channel = grpc.aio.insecure_channel(app.address)
-    try:
-        yield RunningBilling(app, billing_pb2_grpc.BillingStub(channel), fresh_database_url)
-        violations = await app.ledger.check_invariants()
-    finally:
-        await channel.close()
-        await app.stop()
-    assert violations == []
+    async with running_billing(fresh_database_url, own_nats.url) as running:
+        yield running
 
 
 async def test_each_usage_record_is_charged_once_however_often_it_arrives(
