@@ -92,4 +92,4 @@ def test_concurrent_streams_spread_over_workers_and_batch_on_each(
         for thread in threads:
             thread.join(timeout=120)
     assert errors == []
-    assert results == ["length"] * 4
+    assert len(results) == 4 and set(results) <= {"length", "stop"}
