@@ -28,9 +28,11 @@ from regio_worker.engine.base import (
     Engine,
     FinishReason,
     GenerationFinished,
+    OutputFormat,
     TextDelta,
     Usage,
 )
+from regio_worker.engine.json_output import checked_json_output
 from regio_worker.heartbeat import HeartbeatPublisher, LoadReport
 from regio_worker.job_queue import Job, JobQueue
 from regio_worker.metrics import WorkerMetrics
@@ -198,12 +200,16 @@ class WorkerServer:
 
     async def _stream_generation(self, job: Job) -> GenerationFinished:
         deltas_sent = 0
+        json_mode = job.generation.output_format is not OutputFormat.TEXT
+        text: list[str] = []
         try:
             async with contextlib.aclosing(self._engine.generate(job.generation)) as events:
                 async for event in events:
                     if isinstance(event, GenerationFinished):
-                        return event
+                        return checked_json_output(event, "".join(text)) if json_mode else event
                     assert isinstance(event, TextDelta)
+                    if json_mode:
+                        text.append(event.text)
                     chunk = delta_chunk(job.transaction_id, job.next_sequence(), event.text)
                     job.text_sent()
                     if not await self._reply(job.reply_subject, chunk):

@@ -321,15 +321,14 @@ async def test_json_schema_mode_follows_the_schema(engine: BatchedLlamaEngine) -
     assert isinstance(answer["city"], str) and isinstance(answer["population"], int)
 
 
-async def test_json_cut_by_max_tokens_is_marked_not_billable(engine: BatchedLlamaEngine) -> None:
+async def test_json_cut_by_max_tokens_ends_with_length(engine: BatchedLlamaEngine) -> None:
     request = greedy(
         "Describe a cat as JSON.", max_tokens=3, output_format=OutputFormat.JSON_OBJECT
     )
     text, final = await run(engine, request)
     assert final.finish_reason is FinishReason.LENGTH
-    assert final.unbilled_reason == "invalid_json"
     with pytest.raises(ValueError):
-        json.loads(text)
+        json.loads(text)  # the worker's server marks such an answer not billable
 
 
 async def test_a_schema_that_cannot_be_enforced_is_a_clear_error(

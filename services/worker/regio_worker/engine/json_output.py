@@ -1,5 +1,7 @@
 """JSON mode: the grammar that constrains decoding to JSON (llama.cpp's GBNF, converted from a
-JSON schema by llama-cpp-python's converter), and the check of the finished output.
+JSON schema by llama-cpp-python's converter), and the check of the finished output, which the
+worker's server applies whatever the engine (an upstream behind the proxy engine may not
+enforce the format).
 
 Even with the grammar, an answer cut by max_tokens is not valid JSON; such an answer is not
 charged, and its usage record says why."""
@@ -9,11 +11,8 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 
-from llama_cpp.llama_grammar import json_schema_to_gbnf
-
 from regio_worker.engine.base import (
     FinishReason,
-    GenerationEvent,
     GenerationFinished,
     GenerationRequest,
     OutputFormat,
@@ -30,6 +29,9 @@ def output_grammar(request: GenerationRequest) -> str:
     cannot be enforced."""
     if request.output_format is OutputFormat.TEXT:
         return ""
+    # Imported here: the check below serves every engine, and only this needs llama.cpp.
+    from llama_cpp.llama_grammar import json_schema_to_gbnf
+
     schema = request.json_schema if request.output_format is OutputFormat.JSON_SCHEMA else ""
     try:
         json.loads(schema or ANY_OBJECT_SCHEMA)
@@ -39,11 +41,9 @@ def output_grammar(request: GenerationRequest) -> str:
     return grammar
 
 
-def checked_json_output(event: GenerationEvent, text: str) -> GenerationEvent:
+def checked_json_output(event: GenerationFinished, text: str) -> GenerationFinished:
     """The final event, marked not billable when a finished answer is not valid JSON. A
     cancelled or failed one is left alone: what was delivered before that is billed as usual."""
-    if not isinstance(event, GenerationFinished):
-        return event
     if event.finish_reason not in (FinishReason.STOP, FinishReason.LENGTH):
         return event
     try:

@@ -27,13 +27,11 @@ from regio_worker.engine.base import (
     GenerationEvent,
     GenerationFinished,
     GenerationRequest,
-    OutputFormat,
-    TextDelta,
     Usage,
 )
 from regio_worker.engine.batch_scheduler import BatchScheduler, Job, SamplingSettings, token_piece
 from regio_worker.engine.chat_prompt import ChatPromptBuilder, PromptTokens
-from regio_worker.engine.json_output import checked_json_output, output_grammar
+from regio_worker.engine.json_output import output_grammar
 from regio_worker.engine.llama_chat_formats import gguf_chat_format, named_chat_format
 
 log = structlog.get_logger()
@@ -160,13 +158,8 @@ class BatchedLlamaEngine(Engine):
         job = self._job(request, prompt, room, usage, events, grammar)
         self._jobs[request.transaction_id] = job
         self._scheduler.submit(job)
-        text: list[str] = []
         try:
             while (event := await events.get()) is not None:
-                if isinstance(event, TextDelta):
-                    text.append(event.text)
-                elif request.output_format is not OutputFormat.TEXT:
-                    event = checked_json_output(event, "".join(text))
                 yield event
         finally:
             job.abort.set()  # a consumer that stops listening frees the slot too
