@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.util
 import re
 import tomllib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ from tests.unit.deploy.rendering import (
     COMPONENTS,
     K8S,
     OVERLAYS,
+    Container,
     Object,
     Rendered,
     pod_metadata,
@@ -83,6 +85,15 @@ def service_of(workload: Object) -> str | None:
     if workload["kind"] != "Deployment":
         return None
     return "worker" if name.startswith("worker-") else name
+
+
+def regio_containers(rendered: Rendered) -> Iterator[tuple[str, Object, Container]]:
+    """(service, workload, its one container) of every Regio service's Deployment."""
+    for workload in rendered.long_running():
+        service = service_of(workload)
+        if service is not None:
+            (container,) = rendered.containers([workload])
+            yield service, workload, container
 
 
 def settings_env_names(settings_class: type[BaseSettings]) -> set[str]:
@@ -198,11 +209,7 @@ def test_k8s03_regio_services_are_probed_on_their_ops_listener(
     overlays: dict[str, Rendered], region: str
 ) -> None:
     rendered = overlays[region]
-    for workload in rendered.long_running():
-        service = service_of(workload)
-        if service is None:
-            continue
-        (container,) = rendered.containers([workload])
+    for service, workload, container in regio_containers(rendered):
         ops = container.port("ops")
         assert ops is not None, f"{container.label} exposes no port named ops"
         spec = container.spec
@@ -470,11 +477,7 @@ def test_k8s10_every_setting_is_set_or_known_to_default_right(
     overlays: dict[str, Rendered], region: str
 ) -> None:
     rendered = overlays[region]
-    for workload in rendered.long_running():
-        service = service_of(workload)
-        if service is None:
-            continue
-        (container,) = rendered.containers([workload])
+    for service, _, container in regio_containers(rendered):
         reads = settings_env_names(SETTINGS[service])
         provided = {n for n in rendered.environment(container) if n.startswith("REGIO_")}
         defaulted = set(DEFAULT_IS_RIGHT_IN_PRODUCTION[service])
