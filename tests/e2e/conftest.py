@@ -35,6 +35,10 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             billing_metrics_port=free_port(),
             dashboard_metrics_port=free_port(),
             worker_metrics_port=free_port(),
+            # Every test calls from 127.0.0.1, and many send bad keys on purpose: the session's
+            # gateway must not throttle them all for a minute. Throttling is tested on a
+            # gateway of its own.
+            extra_env={"REGIO_AUTH_FAILURES_PER_MINUTE": "1000"},
         ),
         say=lambda message: None,
     )

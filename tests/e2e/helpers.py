@@ -11,8 +11,12 @@ from regio_devstack.stack import Stack
 
 
 def wait_until_key_known(client: openai.OpenAI, timeout: float = 5.0) -> None:
-    """Config changes reach the gateway through NATS KV within about a second."""
+    """Config changes reach the gateway through NATS KV within about a second.
+
+    Each try before then is a failed authentication, which the gateway throttles per client
+    address: the pause doubles, so a slow propagation costs a few failures, not a hundred."""
     deadline = time.monotonic() + timeout
+    pause = 0.05
     while True:
         try:
             client.models.list()
@@ -20,7 +24,8 @@ def wait_until_key_known(client: openai.OpenAI, timeout: float = 5.0) -> None:
         except openai.PermissionDeniedError:
             if time.monotonic() > deadline:
                 raise
-            time.sleep(0.05)
+            time.sleep(pause)
+            pause = min(pause * 2, 1.0)
 
 
 def settled_balance(stack: Stack, account_id: str, timeout: float = 15.0) -> dict[str, Any]:

@@ -92,7 +92,7 @@ def test_a_retried_payment_credits_once_and_the_key_is_per_caller(stack: Stack) 
 # -- thinking settings ----------------------------------------------------------------------------
 def kv_activation(stack: Stack, account_id: str, route: str, region: str) -> ActivationRecord:
     async def read() -> bytes:
-        nc = await nats.connect(stack.nats_url)
+        nc = await nats.connect(stack.nats_url_for("ops"))
         try:
             kv = await nc.jetstream().key_value(CONFIG_BUCKET)
             entry = await kv.get(activation_kv_key(account_id, route, region))

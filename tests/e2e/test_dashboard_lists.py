@@ -50,7 +50,7 @@ def test_keys_are_listed_page_by_page_without_secrets(stack: Stack) -> None:
     for key, issued in zip(listed, created, strict=True):
         assert set(key) == {
             "id", "object", "account_id", "prefix", "last_four", "activations", "status",
-            "created", "revoked",
+            "created", "revoked", "limits",
         }  # fmt: skip
         assert issued["key"].startswith(key["prefix"]) and issued["key"].endswith(key["last_four"])
         assert issued["key"] not in str(listed)

@@ -73,8 +73,20 @@ def test_json_cut_short_by_max_tokens_is_not_charged(stack: Stack, new_customer:
         model="liv",
         messages=YES,
         max_tokens=3,
-        temperature=0,  # greedy: the answer opens with a key, so 3 tokens cannot close it
-        response_format={"type": "json_object"},
+        temperature=0,
+        # The schema requires a key with a string value: no 3 tokens can close such an object
+        # (a bare json_object could close as `{}` if the model preferred it).
+        response_format={
+            "type": "json_schema",
+            "json_schema": {
+                "name": "answer",
+                "schema": {
+                    "type": "object",
+                    "properties": {"answer": {"type": "string"}},
+                    "required": ["answer"],
+                },
+            },
+        },
     )
     assert completion.choices[0].finish_reason == "length"
     content = completion.choices[0].message.content or ""

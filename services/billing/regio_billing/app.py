@@ -10,6 +10,7 @@ import grpc
 import structlog
 
 from regio.billing.v1 import billing_pb2_grpc
+from regio_billing.auth_interceptor import BillingAuthInterceptor
 from regio_billing.database import BillingPool, migrate, open_pool
 from regio_billing.interceptors import DomainErrorInterceptor
 from regio_billing.ledger import Ledger
@@ -92,7 +93,7 @@ class BillingApp:
         if applied:
             log.info("migrations_applied", versions=applied)
         self._pool = await open_pool(settings.database_url, settings.database_pool_size)
-        self._ledger = Ledger(self._pool, catalogue)
+        self._ledger = Ledger(self._pool, catalogue, self.metrics)
         repriced = await self._ledger.publish_catalogue_prices()
         if repriced:
             log.info("route_prices_published", routes=repriced)
@@ -108,7 +109,7 @@ class BillingApp:
         )
         await self._consumer.start()
 
-        self._server = grpc.aio.server(interceptors=[DomainErrorInterceptor(self.metrics)])
+        self._server = grpc.aio.server(interceptors=self._interceptors())
         billing_pb2_grpc.add_BillingServicer_to_server(
             BillingService(self._ledger, self.metrics), self._server
         )
@@ -123,9 +124,28 @@ class BillingApp:
             self._ledger.sweep_expired_holds,
             settings.hold_sweep_interval_seconds,
             count_open=open_holds_counter(self._pool),
+            prune=self._ledger.prune_usage_windows,
             metrics=self.metrics,
         )
         self._sweeper.start()
+
+    def _interceptors(self) -> list[Any]:
+        """Domain errors first (outermost), so that calls refused by the credential check are
+        counted and timed like every other call."""
+        interceptors: list[Any] = [DomainErrorInterceptor(self.metrics)]
+        tokens = {
+            name: token.get_secret_value()
+            for name, token in self.settings.billing_client_tokens.items()
+        }
+        if tokens:
+            interceptors.append(BillingAuthInterceptor(tokens, self.metrics))
+            log.info("billing_auth_enabled", clients=sorted(tokens))
+        else:
+            log.warning(
+                "billing_auth_disabled",
+                detail="REGIO_BILLING_CLIENT_TOKENS is empty: any caller may use billing's API",
+            )
+        return interceptors
 
     async def stop(self) -> None:
         """Stop accepting calls, let in-flight work finish, then close NATS and the pool."""

@@ -4,12 +4,14 @@ I1 cached balance = sum of the customer's postings      I2 every journal entry s
 I3 cached held = sum of the account's open holds         I4 balance - held >= 0
 I5 at most one settlement (and one charge) per transaction
 I6 a settlement's charge equals what its journal entry took from the customer
-I7 no settlement charges more than its hold
+I7 no settlement charges more than its hold, nor settles more tokens than the hold reserved
 I8 paid and promotional credit are separate lots: the lots' remaining amounts sum to the
    balance and each equals its amount plus its movements; every payment has exactly one paid
    lot of its amount and at most one bonus lot, of floor(amount * percent / 100) from a
    promotion it qualified for; every charge, refund and claw-back took from the lots exactly
-   what it took from the customer (refunds from paid lots, claw-backs from bonus lots)"""
+   what it took from the customer (refunds from paid lots, claw-backs from bonus lots)
+L1 usage windows (usage limits) start on a UTC minute, day or month boundary of their kind,
+   and their counters are never negative"""
 
 from __future__ import annotations
 
@@ -100,6 +102,17 @@ CHECKS: list[tuple[str, str, str]] = [
         "transaction {0}: charged {1} exceeds its hold {2}",
     ),
     (
+        "I7",
+        """
+        SELECT s.transaction_id, s.prompt_tokens, s.completion_tokens,
+               h.max_prompt_tokens, h.max_completion_tokens
+        FROM billing.settlements s JOIN billing.holds h USING (transaction_id)
+        WHERE s.prompt_tokens > h.max_prompt_tokens
+           OR s.completion_tokens > h.max_completion_tokens
+        """,
+        "transaction {0}: settled {1}+{2} tokens beyond the hold's bounds {3}+{4}",
+    ),
+    (
         "I8",
         """
         SELECT a.account_id, a.balance_nano, coalesce(l.total, 0)
@@ -180,6 +193,16 @@ CHECKS: list[tuple[str, str, str]] = [
            OR (j.kind = 'clawback' AND NOT m.all_promotional)
         """,
         "{0} {1}: took {2} from the customer but {3} from the lots",
+    ),
+    (
+        "L1",
+        """
+        SELECT scope, window_kind, window_start, requests, tokens, spent_nano
+        FROM billing.usage_windows
+        WHERE window_start <> date_trunc(window_kind, window_start, 'UTC')
+           OR requests < 0 OR tokens < 0 OR spent_nano < 0
+        """,
+        "usage window {0} {1} {2}: misaligned or negative ({3} requests, {4} tokens, {5} nano)",
     ),
 ]
 

@@ -1,8 +1,8 @@
 """The ledger: holds, settlement and payments in PostgreSQL, each operation one transaction.
 
 Lock order, to stay free of deadlocks: a hold row before an account row, an account row before
-its lots; several account rows in account_id order. Reserve locks only its account (the hold it
-inserts is new)."""
+its lots and its usage windows; several account rows in account_id order. Reserve locks only its
+account (the hold it inserts is new), and with limits its usage windows after it."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import structlog
 from psycopg import AsyncConnection
 from psycopg.rows import TupleRow
 
-from regio_billing import lots, promotions
+from regio_billing import lots, promotions, usage_windows
 from regio_billing.balances import read_balance
 from regio_billing.database import BillingPool
 from regio_billing.errors import HoldNotFound, IdempotencyConflict, require
@@ -26,8 +26,10 @@ from regio_billing.journal import (
     customer_ledger_account,
     post_entry,
 )
-from regio_billing.price_versions import latest_prices, publish_prices
-from regio_billing.pricing import Prices, hold_amount_nano
+from regio_billing.limited_reserve import HoldRequest, PricedHold, reserve_with_limits
+from regio_billing.metrics import BillingMetrics
+from regio_billing.price_versions import current_prices, publish_prices
+from regio_billing.pricing import Prices
 from regio_billing.promotions import Promotion
 from regio_billing.refunds import refund_payment
 from regio_billing.results import (
@@ -37,12 +39,22 @@ from regio_billing.results import (
     ReserveResult,
     SettleResult,
 )
-from regio_billing.settlement import SettledUsage, SettleOutcome, UsageToSettle, settle_batch
+from regio_billing.settlement import (
+    SettledUsage,
+    SettleOutcome,
+    UsageProblem,
+    UsageToSettle,
+    settle_batch,
+)
+from regio_billing.usage_limits import UsageLimits
 from regio_common.catalogue import Catalogue
 
 log = structlog.get_logger()
 
 Connection = AsyncConnection[TupleRow]
+
+NO_LIMITS = UsageLimits()
+INSUFFICIENT = ReserveOutcome.INSUFFICIENT_FUNDS
 
 # Expired holds released per sweep transaction: keeps each transaction and its locks short.
 SWEEP_BATCH = 500
@@ -58,9 +70,14 @@ class _Hold:
 
 
 class Ledger:
-    def __init__(self, pool: BillingPool, catalogue: Catalogue) -> None:
+    def __init__(
+        self, pool: BillingPool, catalogue: Catalogue, metrics: BillingMetrics | None = None
+    ) -> None:
         self._pool = pool
         self._catalogue = catalogue
+        self._metrics = metrics or BillingMetrics()
+        for problem in UsageProblem:
+            self._metrics.usage_rejected.labels(problem.value)  # zero until the first one
 
     async def publish_catalogue_prices(self) -> list[str]:
         """Append a price version for every catalogue route whose price changed (at start)."""
@@ -83,8 +100,15 @@ class Ledger:
         max_prompt_tokens: int,
         max_completion_tokens: int,
         ttl_seconds: int,
+        key_id: str = "",
+        key_limits: UsageLimits = NO_LIMITS,
+        account_limits: UsageLimits = NO_LIMITS,
     ) -> ReserveResult:
-        """Hold the worst-case cost of a request, or refuse. Idempotent per transaction id."""
+        """Hold the worst-case cost of a request, or refuse. Idempotent per transaction id.
+
+        With limits of the key or the account, they are checked and counted in the same
+        transaction as the hold (see limited_reserve.py); without any, the reserve takes the
+        two-round-trip path below and writes nothing but the hold."""
         require(bool(transaction_id), "transaction_id is required", "transaction_id")
         require(bool(account_id), "account_id is required", "account_id")
         require(ttl_seconds > 0, "ttl_seconds must be positive", "ttl_seconds")
@@ -94,58 +118,64 @@ class Ledger:
             "max_completion_tokens cannot be negative",
             "max_completion_tokens",
         )
+        limited = not (key_limits.is_empty() and account_limits.is_empty())
+        require(bool(key_id) or key_limits.is_empty(), "key_limits need a key_id", "key_id")
         catalogue_route = self._catalogue.routes.get(route)
         if catalogue_route is None:
             log.info("reserve_unknown_route", route=route)
             return ReserveResult(ReserveOutcome.UNKNOWN_ROUTE, held_nano=0, available_nano=0)
 
+        request = HoldRequest(
+            transaction_id=transaction_id,
+            account_id=account_id,
+            key_id=key_id,
+            route=route,
+            region=region,
+            ttl_seconds=ttl_seconds,
+            max_prompt_tokens=max_prompt_tokens,
+            max_completion_tokens=max_completion_tokens,
+        )
+        catalogued = Prices.of_route(catalogue_route)
         async with self._pool.connection() as conn:
-            # Two round trips for a new hold: its price, then hold-and-commit. A repeated
-            # transaction id is noticed by the hold's primary key (or, when the credit is used
-            # up, looked up before refusing) and answered with the first hold.
-            prices = await latest_prices(conn, route)
-            if prices is None:
-                # Prices are published at start; a route added since is priced as catalogued.
-                log.warning("route_price_unpublished", route=route)
-                prices = Prices.of_route(catalogue_route)
-            amount = hold_amount_nano(max_prompt_tokens, max_completion_tokens, prices)
-            result = await self._try_hold(
-                conn,
-                transaction_id=transaction_id,
-                account_id=account_id,
-                route=route,
-                region=region,
-                amount=amount,
-                prices=prices,
-                ttl_seconds=ttl_seconds,
-            )
-            if result is None or result.outcome is ReserveOutcome.INSUFFICIENT_FUNDS:
+            if limited:
+                result, hold = await reserve_with_limits(
+                    conn, request, catalogued, key_limits, account_limits
+                )
+            else:
+                # Two round trips for a new hold: its price, then hold-and-commit. A repeated
+                # transaction id is noticed by the hold's primary key (or, when the credit is
+                # used up, looked up before refusing) and answered with the first hold.
+                hold = PricedHold(request, await current_prices(conn, route, catalogued))
+                result = await self._try_hold(conn, hold)
+            # (The limited path looked for an earlier hold under the account lock already.)
+            refused = not limited and result is not None and result.outcome is INSUFFICIENT
+            if result is None or refused:
                 existing = await self._existing_hold_result(conn, transaction_id, account_id)
                 if existing is not None:
                     return existing
                 if result is None:
                     raise RuntimeError(f"hold {transaction_id} vanished after a conflicting insert")
+            if result.limit is not None:
+                log.info(
+                    "reserve_limited",
+                    account_id=account_id,
+                    key_id=key_id,
+                    limit_kind=result.limit.kind.value,
+                    limit_scope=result.limit.scope.value,
+                    limit=result.limit.limit,
+                    used=result.limit.used,
+                    retry_after_ms=result.limit.retry_after_ms,
+                )
             log.info(
                 "reserve_decided",
                 account_id=account_id,
                 outcome=result.outcome.value,
-                hold_nano=amount,
+                hold_nano=hold.amount_nano if hold is not None else result.held_nano,
                 available_nano=result.available_nano,
             )
             return result
 
-    async def _try_hold(
-        self,
-        conn: Connection,
-        *,
-        transaction_id: str,
-        account_id: str,
-        route: str,
-        region: str,
-        amount: int,
-        prices: Prices,
-        ttl_seconds: int,
-    ) -> ReserveResult | None:
+    async def _try_hold(self, conn: Connection, hold: PricedHold) -> ReserveResult | None:
         """One statement, atomic on its own (the pool's connections autocommit): raise
         held_nano only if the credit covers it, and record the hold. One round trip and one
         commit, as a reserve sits on the path of every request.
@@ -162,30 +192,35 @@ class Ledger:
                 " RETURNING balance_nano - held_nano AS available_after),"
                 " hold AS ("
                 " INSERT INTO billing.holds (transaction_id, account_id, route, region,"
-                " amount_nano, input_price_nano, output_price_nano, expires_at)"
+                " amount_nano, input_price_nano, output_price_nano, expires_at, key_id,"
+                " max_prompt_tokens, max_completion_tokens)"
                 " SELECT %(transaction_id)s, %(account_id)s, %(route)s, %(region)s, %(amount)s,"
-                " %(input_price)s, %(output_price)s, now() + make_interval(secs => %(ttl)s)"
+                " %(input_price)s, %(output_price)s, now() + make_interval(secs => %(ttl)s),"
+                " %(key_id)s, %(max_prompt)s, %(max_completion)s"
                 " FROM held)"
                 " SELECT available_after FROM held",
                 {
-                    "amount": amount,
-                    "account_id": account_id,
-                    "transaction_id": transaction_id,
-                    "route": route,
-                    "region": region,
-                    "input_price": prices.input_price_nano,
-                    "output_price": prices.output_price_nano,
-                    "ttl": ttl_seconds,
+                    "amount": hold.amount_nano,
+                    "account_id": hold.request.account_id,
+                    "transaction_id": hold.request.transaction_id,
+                    "route": hold.request.route,
+                    "region": hold.request.region,
+                    "input_price": hold.prices.input_price_nano,
+                    "output_price": hold.prices.output_price_nano,
+                    "ttl": hold.request.ttl_seconds,
+                    "key_id": hold.request.key_id,
+                    "max_prompt": hold.request.max_prompt_tokens,
+                    "max_completion": hold.request.max_completion_tokens,
                 },
             )
         except psycopg.errors.UniqueViolation:
             return None
         row = await cursor.fetchone()
         if row is None:
-            available = (await _balance(conn, account_id)).available_nano
+            available = (await _balance(conn, hold.request.account_id)).available_nano
             return ReserveResult(ReserveOutcome.INSUFFICIENT_FUNDS, 0, available)
         available_after: int = row[0]
-        return ReserveResult(ReserveOutcome.HELD, amount, available_after)
+        return ReserveResult(ReserveOutcome.HELD, hold.amount_nano, available_after)
 
     async def _existing_hold_result(
         self, conn: Connection, transaction_id: str, account_id: str
@@ -243,7 +278,16 @@ class Ledger:
         record, in order. A record without a hold is answered NO_HOLD, never charged."""
         # Pipelined: statements that need no answer in between travel together.
         async with self._pool.connection() as conn, conn.pipeline(), conn.transaction():
-            return await settle_batch(conn, usages)
+            results = await settle_batch(conn, usages)
+        for result in results:  # counted once committed (a failed batch is retried)
+            if result.problem is not None:
+                self._metrics.usage_rejected.labels(result.problem.value).inc()
+        return results
+
+    async def prune_usage_windows(self) -> int:
+        """Delete usage windows no limit reads any more (see usage_windows.py)."""
+        async with self._pool.connection() as conn:
+            return await usage_windows.prune(conn)
 
     async def add_credits(
         self, account_id: str, amount_nano: int, idempotency_key: str, reference: str

@@ -37,6 +37,21 @@ class BillingMetrics:
             ["outcome"],
             registry=self.registry,
         )
+        self.usage_rejected = Counter(
+            "regio_billing_usage_rejected",
+            "Usage records that failed validation against their hold, by reason: over_hold "
+            "(more tokens than reserved: clamped to the hold and settled), account_mismatch and "
+            "route_mismatch (refused, nothing charged).",
+            ["reason"],
+            registry=self.registry,
+        )
+        self.auth_refusals = Counter(
+            "regio_billing_auth_refusals",
+            "gRPC calls refused by the credential check, by reason (unauthenticated, "
+            "permission_denied) and client name (`unknown` without a valid token).",
+            ["reason", "client"],
+            registry=self.registry,
+        )
         self.settlement_lag_seconds = Histogram(
             "regio_billing_settlement_lag_seconds",
             "From a usage record's creation by the worker to its settlement's commit.",

@@ -30,6 +30,16 @@ class PriceSource(StrEnum):
     ADMIN = "admin"
 
 
+async def current_prices(conn: Connection, route: str, catalogued: Prices) -> Prices:
+    """The price a new hold of the route gets: its latest version. Prices are published at
+    start; a route added to the catalogue since is priced as catalogued."""
+    prices = await latest_prices(conn, route)
+    if prices is None:
+        log.warning("route_price_unpublished", route=route)
+        return catalogued
+    return prices
+
+
 async def latest_prices(
     conn: Connection, route: str, source: PriceSource | None = None
 ) -> Prices | None:

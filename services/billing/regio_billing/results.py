@@ -5,11 +5,14 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
+from regio_billing.usage_limits import Headroom, LimitRefusal
+
 
 class ReserveOutcome(enum.Enum):
     HELD = "held"
     INSUFFICIENT_FUNDS = "insufficient_funds"
     UNKNOWN_ROUTE = "unknown_route"
+    LIMITED = "limited"  # a rate, concurrency or spend limit of the key or account
 
 
 @dataclass(frozen=True)
@@ -18,6 +21,8 @@ class ReserveResult:
     held_nano: int
     # After the hold when HELD; the current available credit when refused.
     available_nano: int
+    limit: LimitRefusal | None = None  # which limit refused, when LIMITED
+    headroom: Headroom | None = None  # when the key or account has a rate limit
 
 
 @dataclass(frozen=True)

@@ -14,20 +14,79 @@ from regio_billing.errors import IdempotencyConflict, require
 from regio_billing.ledger import Ledger
 from regio_billing.metrics import BillingMetrics
 from regio_billing.promotions import Promotion
-from regio_billing.results import BalanceSnapshot, ReserveOutcome
+from regio_billing.results import BalanceSnapshot, ReserveOutcome, ReserveResult
 from regio_billing.statements_rpc import StatementRpcs
+from regio_billing.usage_limits import LimitKind, ScopeKind, UsageLimits
 from regio_common.errors import InvalidRequest
 
 OUTCOME_TO_PROTO = {
     ReserveOutcome.HELD: billing_pb2.RESERVE_OUTCOME_HELD,
     ReserveOutcome.INSUFFICIENT_FUNDS: billing_pb2.RESERVE_OUTCOME_INSUFFICIENT_FUNDS,
     ReserveOutcome.UNKNOWN_ROUTE: billing_pb2.RESERVE_OUTCOME_UNKNOWN_ROUTE,
+    ReserveOutcome.LIMITED: billing_pb2.RESERVE_OUTCOME_LIMITED,
 }
-# Reserve refusals by reason (regio_billing_reserve_refusals_total): outcomes and errors.
+# Reserve refusals by reason (regio_billing_reserve_refusals_total): outcomes and errors; a
+# LIMITED reserve counts as `limit_<kind>`, e.g. limit_requests_per_minute.
 REFUSAL_REASONS = {
     ReserveOutcome.INSUFFICIENT_FUNDS: "insufficient_budget",
     ReserveOutcome.UNKNOWN_ROUTE: "unknown_route",
 }
+LIMIT_KIND_TO_PROTO = {
+    LimitKind.REQUESTS_PER_MINUTE: billing_pb2.LIMIT_KIND_REQUESTS_PER_MINUTE,
+    LimitKind.TOKENS_PER_MINUTE: billing_pb2.LIMIT_KIND_TOKENS_PER_MINUTE,
+    LimitKind.CONCURRENT_REQUESTS: billing_pb2.LIMIT_KIND_CONCURRENT_REQUESTS,
+    LimitKind.DAILY_SPEND: billing_pb2.LIMIT_KIND_DAILY_SPEND,
+    LimitKind.MONTHLY_SPEND: billing_pb2.LIMIT_KIND_MONTHLY_SPEND,
+}
+SCOPE_TO_PROTO = {
+    ScopeKind.KEY: billing_pb2.LIMIT_SCOPE_KEY,
+    ScopeKind.ACCOUNT: billing_pb2.LIMIT_SCOPE_ACCOUNT,
+}
+
+
+def limit_refusal_reason(kind: LimitKind) -> str:
+    return f"limit_{kind.value}"
+
+
+def usage_limits(message: billing_pb2.UsageLimits) -> UsageLimits:
+    return UsageLimits(
+        requests_per_minute=message.requests_per_minute,
+        tokens_per_minute=message.tokens_per_minute,
+        max_concurrent_requests=message.max_concurrent_requests,
+        daily_spend_cap_nano=message.daily_spend_cap_nano,
+        monthly_spend_cap_nano=message.monthly_spend_cap_nano,
+    )
+
+
+def reserve_response(result: ReserveResult) -> billing_pb2.ReserveResponse:
+    response = billing_pb2.ReserveResponse(
+        outcome=OUTCOME_TO_PROTO[result.outcome],
+        held_nano=result.held_nano,
+        available_nano=result.available_nano,
+    )
+    if result.limit is not None:
+        response.limit.CopyFrom(
+            billing_pb2.LimitExceeded(
+                kind=LIMIT_KIND_TO_PROTO[result.limit.kind],
+                scope=SCOPE_TO_PROTO[result.limit.scope],
+                limit=result.limit.limit,
+                used=result.limit.used,
+                retry_after_ms=result.limit.retry_after_ms,
+            )
+        )
+    if result.headroom is not None:
+        room = result.headroom
+        response.headroom.CopyFrom(
+            billing_pb2.RateLimitHeadroom(
+                limit_requests=room.limit_requests,
+                remaining_requests=room.remaining_requests,
+                reset_requests_ms=room.reset_requests_ms,
+                limit_tokens=room.limit_tokens,
+                remaining_tokens=room.remaining_tokens,
+                reset_tokens_ms=room.reset_tokens_ms,
+            )
+        )
+    return response
 
 
 def balance_message(snapshot: BalanceSnapshot) -> billing_pb2.Balance:
@@ -60,7 +119,8 @@ class BillingService(billing_pb2_grpc.BillingServicer):
     def __init__(self, ledger: Ledger, metrics: BillingMetrics | None = None) -> None:
         self._ledger = ledger
         self._metrics = metrics or BillingMetrics()
-        for reason in (*REFUSAL_REASONS.values(), "invalid", "conflict"):
+        limit_reasons = [limit_refusal_reason(kind) for kind in LimitKind]
+        for reason in (*REFUSAL_REASONS.values(), *limit_reasons, "invalid", "conflict"):
             self._metrics.reserve_refusals.labels(reason)  # zero until the first refusal
         self._statements = StatementRpcs.for_ledger(ledger)
 
@@ -76,6 +136,9 @@ class BillingService(billing_pb2_grpc.BillingServicer):
                 max_prompt_tokens=request.max_prompt_tokens,
                 max_completion_tokens=request.max_completion_tokens,
                 ttl_seconds=request.ttl_seconds,
+                key_id=request.key_id,
+                key_limits=usage_limits(request.key_limits),
+                account_limits=usage_limits(request.account_limits),
             )
         except (InvalidRequest, IdempotencyConflict) as error:
             reason = "conflict" if isinstance(error, IdempotencyConflict) else "invalid"
@@ -83,11 +146,9 @@ class BillingService(billing_pb2_grpc.BillingServicer):
             raise
         if result.outcome in REFUSAL_REASONS:
             self._metrics.reserve_refusals.labels(REFUSAL_REASONS[result.outcome]).inc()
-        return billing_pb2.ReserveResponse(
-            outcome=OUTCOME_TO_PROTO[result.outcome],
-            held_nano=result.held_nano,
-            available_nano=result.available_nano,
-        )
+        if result.limit is not None:
+            self._metrics.reserve_refusals.labels(limit_refusal_reason(result.limit.kind)).inc()
+        return reserve_response(result)
 
     async def Release(
         self, request: billing_pb2.ReleaseRequest, context: Any

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, SecretStr, field_validator
 
 from regio_common.settings import (
     CatalogueSettings,
@@ -29,6 +29,25 @@ class BillingSettings(LoggingSettings, NatsSettings, DatabaseSettings, Catalogue
     usage_fetch_batch: int = Field(
         64, gt=0, description="Most usage records fetched from JetStream in one pull."
     )
+    billing_client_tokens: dict[str, SecretStr] = Field(
+        default_factory=dict,
+        description="The clients allowed to call billing's gRPC API and their bearer tokens, "
+        'as JSON: `{"gateway": "<token>", "dashboard": "<token>"}`. The `gateway` client may '
+        "call only Reserve, Release, Settle and GetBalance; any other client may call every "
+        "method. Empty: no authentication (a `billing_auth_disabled` warning at start).",
+    )
+
+    @field_validator("billing_client_tokens")
+    @classmethod
+    def _tokens_are_usable(cls, tokens: dict[str, SecretStr]) -> dict[str, SecretStr]:
+        values = [token.get_secret_value() for token in tokens.values()]
+        if any(not name for name in tokens):
+            raise ValueError("a client name cannot be empty")
+        if any(not value.strip() for value in values):
+            raise ValueError("a client token cannot be empty")
+        if len(set(values)) != len(values):
+            raise ValueError("each client needs its own token")  # else who is calling?
+        return tokens
 
     @property
     def ops_host(self) -> str:

@@ -10,22 +10,30 @@ between (the caller opens the pipeline): about three round trips and one commit 
 
 Lock order (as everywhere in the ledger): all hold rows in transaction_id order, then the
 account rows in account_id order, then the lots of those accounts in (account, consumption)
-order. Two batches, a batch and a single settle, or a batch and the sweeper can therefore
-never wait on each other in a cycle."""
+order, then the usage windows of holds that track limits (usage_windows.py). Two batches, a
+batch and a single settle, or a batch and the sweeper can therefore never wait on each other in
+a cycle.
+
+Reported usage is validated against the hold (cheaply: the hold row is read anyway): a record
+naming another account or route than the hold's is refused (nothing charged, nothing written;
+the hold is left to expire), and token counts above the hold's reserved bounds are clamped to
+them, settled and flagged (`usage_over_hold`)."""
 
 from __future__ import annotations
 
 import enum
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import structlog
 from psycopg import AsyncConnection
 from psycopg.rows import TupleRow
 
+from regio_billing import usage_windows
 from regio_billing.journal import REVENUE_ACCOUNT, customer_ledger_account
 from regio_billing.lots import CONSUMPTION_ORDER
 from regio_billing.pricing import Prices, settlement_charge
+from regio_billing.usage_limits import account_scope, key_scope
 
 log = structlog.get_logger()
 
@@ -40,12 +48,25 @@ class UsageToSettle:
     prompt_tokens: int
     completion_tokens: int
     billable: bool
+    # Who the worker says the usage belongs to; checked against the hold when given (the
+    # usage stream carries them, the Settle RPC does not).
+    account_id: str = ""
+    route: str = ""
+
+
+class UsageProblem(enum.Enum):
+    """What validation found wrong with a usage record (the label of usage_rejected)."""
+
+    OVER_HOLD = "over_hold"  # more tokens than reserved: clamped to the hold, settled
+    ACCOUNT_MISMATCH = "account_mismatch"  # refused
+    ROUTE_MISMATCH = "route_mismatch"  # refused (a route the hold was not reserved for)
 
 
 class SettleOutcome(enum.Enum):
     SETTLED = "settled"  # settled now (charged_nano may be 0: not billable, or hold released)
     DUPLICATE = "duplicate"  # settled before (in an earlier commit or earlier in this batch)
     NO_HOLD = "no_hold"  # nothing was reserved for this transaction, so nothing is charged
+    REFUSED = "refused"  # the record contradicts its hold (see `problem`); nothing is charged
 
 
 @dataclass(frozen=True)
@@ -53,6 +74,7 @@ class SettledUsage:
     usage: UsageToSettle
     outcome: SettleOutcome
     charged_nano: int
+    problem: UsageProblem | None = None
 
 
 @dataclass(frozen=True)
@@ -63,13 +85,19 @@ class _LockedHold:
     prices: Prices
     status: str
     previous_charge_nano: int | None  # set when a settlement already exists
+    route: str
+    key_id: str
+    tracks_limits: bool
+    max_prompt_tokens: int | None  # None on holds older than the bounds' column
+    max_completion_tokens: int | None
 
 
 @dataclass(frozen=True)
 class _NewSettlement:
-    usage: UsageToSettle
+    usage: UsageToSettle  # as settled: clamped to the hold's bounds when over them
     hold: _LockedHold
     charged_nano: int
+    over_hold: bool = False
 
 
 async def settle_batch(conn: Connection, usages: Sequence[UsageToSettle]) -> list[SettledUsage]:
@@ -90,23 +118,72 @@ async def settle_batch(conn: Connection, usages: Sequence[UsageToSettle]) -> lis
         elif usage.transaction_id in new:  # delivered twice in one batch: the first one counts
             charged = new[usage.transaction_id].charged_nano
             results.append(SettledUsage(usage, SettleOutcome.DUPLICATE, charged))
+        elif (problem := _contradiction(usage, hold)) is not None:
+            results.append(SettledUsage(usage, SettleOutcome.REFUSED, 0, problem))
         else:
             settlement = _decide(usage, hold)
             new[usage.transaction_id] = settlement
-            results.append(SettledUsage(usage, SettleOutcome.SETTLED, settlement.charged_nano))
+            flag = UsageProblem.OVER_HOLD if settlement.over_hold else None
+            results.append(
+                SettledUsage(usage, SettleOutcome.SETTLED, settlement.charged_nano, flag)
+            )
     if new:
         await _write(conn, list(new.values()))
     return results
 
 
-def _decide(usage: UsageToSettle, hold: _LockedHold) -> _NewSettlement:
+def _contradiction(usage: UsageToSettle, hold: _LockedHold) -> UsageProblem | None:
+    """A record that names another account or route than its hold is not this hold's usage
+    (a confused or compromised worker): it must not be charged to the hold's account."""
+    if usage.account_id and usage.account_id != hold.account_id:
+        problem = UsageProblem.ACCOUNT_MISMATCH
+    elif usage.route and usage.route != hold.route:
+        problem = UsageProblem.ROUTE_MISMATCH
+    else:
+        return None
+    log.warning(
+        "usage_refused",
+        reason=problem.value,
+        transaction_id=hold.transaction_id,
+        account_id=hold.account_id,
+        reported_account_id=usage.account_id,
+        route=hold.route,
+        reported_route=usage.route,
+    )
+    return problem
+
+
+def _within_bounds(usage: UsageToSettle, hold: _LockedHold) -> UsageToSettle:
+    """The usage, its token counts clamped to what the hold reserved."""
+    prompt, completion = usage.prompt_tokens, usage.completion_tokens
+    if hold.max_prompt_tokens is not None:
+        prompt = min(prompt, hold.max_prompt_tokens)
+    if hold.max_completion_tokens is not None:
+        completion = min(completion, hold.max_completion_tokens)
+    if (prompt, completion) == (usage.prompt_tokens, usage.completion_tokens):
+        return usage
+    log.warning(
+        "usage_over_hold",
+        transaction_id=hold.transaction_id,
+        account_id=hold.account_id,
+        prompt_tokens=usage.prompt_tokens,
+        completion_tokens=usage.completion_tokens,
+        max_prompt_tokens=hold.max_prompt_tokens,
+        max_completion_tokens=hold.max_completion_tokens,
+    )
+    return replace(usage, prompt_tokens=prompt, completion_tokens=completion)
+
+
+def _decide(reported: UsageToSettle, hold: _LockedHold) -> _NewSettlement:
+    usage = _within_bounds(reported, hold)
+    over_hold = usage is not reported
     if hold.status != "open":
         # Released (expired or given up) before the usage arrived: the customer was told
         # nothing is charged. The zero settlement keeps redeliveries idempotent.
         log.warning(
             "settle_after_release", transaction_id=hold.transaction_id, account_id=hold.account_id
         )
-        return _NewSettlement(usage, hold, 0)
+        return _NewSettlement(usage, hold, 0, over_hold)
     charge = settlement_charge(
         usage.prompt_tokens, usage.completion_tokens, usage.billable, hold.prices, hold.amount_nano
     )
@@ -120,14 +197,15 @@ def _decide(usage: UsageToSettle, hold: _LockedHold) -> _NewSettlement:
             prompt_tokens=usage.prompt_tokens,
             completion_tokens=usage.completion_tokens,
         )
-    return _NewSettlement(usage, hold, charge.amount_nano)
+    return _NewSettlement(usage, hold, charge.amount_nano, over_hold)
 
 
 async def _lock_holds(conn: Connection, transaction_ids: list[str]) -> dict[str, _LockedHold]:
     # Locking the holds serialises concurrent settlements of one transaction.
     holds = await conn.execute(
         "SELECT transaction_id, account_id, amount_nano, input_price_nano, output_price_nano,"
-        " status FROM billing.holds WHERE transaction_id = ANY(%s)"
+        " status, route, key_id, tracks_limits, max_prompt_tokens, max_completion_tokens"
+        " FROM billing.holds WHERE transaction_id = ANY(%s)"
         " ORDER BY transaction_id FOR UPDATE",
         (transaction_ids,),
     )
@@ -150,6 +228,11 @@ async def _lock_holds(conn: Connection, transaction_ids: list[str]) -> dict[str,
             prices=Prices(input_price_nano=row[3], output_price_nano=row[4]),
             status=row[5],
             previous_charge_nano=previous.get(row[0]),
+            route=row[6],
+            key_id=row[7],
+            tracks_limits=row[8],
+            max_prompt_tokens=row[9],
+            max_completion_tokens=row[10],
         )
         for row in rows
     }
@@ -166,6 +249,7 @@ async def _write(conn: Connection, settlements: list[_NewSettlement]) -> None:
         await _lock_accounts(conn, sorted({s.hold.account_id for s in closing}))
         await _update_accounts(conn, closing)
         await _consume_lots(conn, charged)
+        await _count_in_usage_windows(conn, [s for s in closing if s.hold.tracks_limits])
     for s in settlements:
         log.info(
             "settled",
@@ -177,6 +261,25 @@ async def _write(conn: Connection, settlements: list[_NewSettlement]) -> None:
             completion_tokens=s.usage.completion_tokens,
             billable=s.usage.billable,
         )
+
+
+async def _count_in_usage_windows(conn: Connection, tracked: list[_NewSettlement]) -> None:
+    """Settled tokens into the minute, charges into the day and month, of the key and the
+    account of each hold that tracks limits: one statement for the batch, none without."""
+    if not tracked:
+        return
+    tokens: list[tuple[str, int]] = []
+    spent: list[tuple[str, int]] = []
+    for s in tracked:
+        scopes = [account_scope(s.hold.account_id)]
+        if s.hold.key_id:
+            scopes.append(key_scope(s.hold.key_id))
+        for scope in scopes:
+            tokens.append((scope, s.usage.prompt_tokens + s.usage.completion_tokens))
+            spent.append((scope, s.charged_nano))
+    await usage_windows.add_settled_usage(
+        conn, usage_windows.summed(tokens), usage_windows.summed(spent)
+    )
 
 
 async def _post_charges(conn: Connection, charged: list[_NewSettlement]) -> None:
@@ -214,12 +317,12 @@ async def _record_settlements(conn: Connection, settlements: list[_NewSettlement
         " UPDATE billing.holds SET status = 'settled', closed_at = now(), release_reason = NULL"
         " WHERE transaction_id = ANY(%s) AND status = 'open')"
         " INSERT INTO billing.settlements (transaction_id, account_id, prompt_tokens,"
-        " completion_tokens, charged_nano, billable, journal_id)"
+        " completion_tokens, charged_nano, billable, usage_over_hold, journal_id)"
         " SELECT v.*, (SELECT j.id FROM billing.journal j"
         "  WHERE j.kind = 'charge' AND j.reference_key = v.transaction_id AND v.charged > 0)"
         " FROM unnest(%s::text[], %s::text[], %s::bigint[], %s::bigint[], %s::bigint[],"
-        " %s::boolean[]) AS v(transaction_id, account_id, prompt_tokens, completion_tokens,"
-        " charged, billable)",
+        " %s::boolean[], %s::boolean[]) AS v(transaction_id, account_id, prompt_tokens,"
+        " completion_tokens, charged, billable, over_hold)",
         (
             [s.hold.transaction_id for s in settlements if s.hold.status == "open"],
             [s.hold.transaction_id for s in settlements],
@@ -228,6 +331,7 @@ async def _record_settlements(conn: Connection, settlements: list[_NewSettlement
             [s.usage.completion_tokens for s in settlements],
             [s.charged_nano for s in settlements],
             [s.usage.billable for s in settlements],
+            [s.over_hold for s in settlements],
         ),
     )
 

@@ -1,5 +1,5 @@
 """Releases expired holds periodically, so that credit held by a lost request comes back; and
-refreshes the open-holds gauge on the same beat."""
+refreshes the open-holds gauge and deletes stale usage windows on the same beat."""
 
 from __future__ import annotations
 
@@ -35,9 +35,12 @@ class HoldSweeper:
         interval_seconds: float,
         *,
         count_open: Callable[[], Awaitable[int]] | None = None,
+        prune: Callable[[], Awaitable[int]] | None = None,
         metrics: BillingMetrics | None = None,
     ) -> None:
+        """`prune` (optional) deletes stale usage windows on the same beat."""
         self._sweep = sweep
+        self._prune = prune
         self._interval = interval_seconds
         self._count_open = count_open
         self._metrics = metrics or BillingMetrics()
@@ -63,6 +66,10 @@ class HoldSweeper:
                     log.info("expired_holds_released", count=released)
                 if self._count_open is not None:
                     self._metrics.holds_open.set(await self._count_open())
+                if self._prune is not None:
+                    pruned = await self._prune()
+                    if pruned:
+                        log.info("usage_windows_pruned", count=pruned)
             except Exception as error:  # the database may be briefly unreachable; try next round
                 if isinstance(error, psycopg.Error):
                     self._metrics.database_errors.inc()

@@ -7,8 +7,9 @@ Throughput: each pull of up to `batch` records is settled in ONE database transa
 commit, one fsync) when a batch settle function is given, then every record is acked. A record
 that cannot be settled must not hold the others back: malformed records and records without a
 hold are acked and counted as rejected, and a batch whose transaction fails for any reason
-other than an unreachable database is retried record by record, so that only the bad record
-is redelivered."""
+other than an unreachable database is retried record by record (each validated like in a
+batch), so that only the bad record is redelivered. Records that contradict their hold (another
+account or route, see settlement.py) are acked and counted as rejected, never charged."""
 
 from __future__ import annotations
 
@@ -222,12 +223,7 @@ class UsageConsumer:
     async def _settle_one(self, message: Any, record: inference_pb2.UsageRecord) -> None:
         with structlog.contextvars.bound_contextvars(transaction_id=record.transaction_id):
             try:
-                result = await self._settle(
-                    record.transaction_id,
-                    record.prompt_tokens,
-                    record.completion_tokens,
-                    record.billable,
-                )
+                outcome, charged_nano = await self._settle_record(record)
             except ClientError as error:
                 # No hold (or an invalid record): a poison record must not loop forever.
                 log.error(
@@ -248,15 +244,26 @@ class UsageConsumer:
                 log.exception("usage_settle_failed", retry_in=self._retry_delay)
                 await message.nak(delay=self._retry_delay)
                 return
-            outcome = SettleOutcome.DUPLICATE if result.already_settled else SettleOutcome.SETTLED
             self._record_outcome(record, outcome, time.time())
             await message.ack()
             log.info(
                 "usage_record_settled",
                 account_id=record.account_id,
-                charged_nano=result.charged_nano,
-                already_settled=result.already_settled,
+                charged_nano=charged_nano,
+                outcome=outcome.value,
             )
+
+    async def _settle_record(self, record: inference_pb2.UsageRecord) -> tuple[SettleOutcome, int]:
+        """Settle one record: as a batch of one when batches are settled (so that it is
+        validated against its hold like any other record), else through `settle`."""
+        if self._settle_batch is not None:
+            (result,) = await self._settle_batch([_usage(record)])
+            return result.outcome, result.charged_nano
+        settled = await self._settle(
+            record.transaction_id, record.prompt_tokens, record.completion_tokens, record.billable
+        )
+        outcome = SettleOutcome.DUPLICATE if settled.already_settled else SettleOutcome.SETTLED
+        return outcome, settled.charged_nano
 
     async def _parse_or_reject(self, message: Any) -> inference_pb2.UsageRecord | None:
         """The record, or None after acking a payload that can never be settled."""
@@ -280,6 +287,10 @@ class UsageConsumer:
                 account_id=record.account_id,
                 route=record.route,
             )
+            self._count("rejected")
+        elif outcome is SettleOutcome.REFUSED:
+            # It contradicts its hold (logged as usage_refused by settlement); acked, never
+            # charged: the hold is released when it expires.
             self._count("rejected")
         elif outcome is SettleOutcome.DUPLICATE:
             self._count("duplicate")
@@ -322,4 +333,6 @@ def _usage(record: inference_pb2.UsageRecord) -> UsageToSettle:
         prompt_tokens=record.prompt_tokens,
         completion_tokens=record.completion_tokens,
         billable=record.billable,
+        account_id=record.account_id,
+        route=record.route,
     )

@@ -6,6 +6,7 @@ a second, and the dashboard rebuilds it at start."""
 from __future__ import annotations
 
 import hashlib
+import hmac
 from typing import Literal
 
 from nats.js import JetStreamContext
@@ -17,13 +18,33 @@ from pydantic import BaseModel
 from regio_common.subjects import CONFIG_BUCKET
 
 
-def hash_api_key(api_key: str) -> str:
-    """Keys are 256-bit random secrets, so one SHA-256 is enough (no password stretching)."""
-    return hashlib.sha256(api_key.encode()).hexdigest()
+def hash_api_key(api_key: str, pepper: str) -> str:
+    """HMAC-SHA256 of the key under the server-side pepper (`REGIO_API_KEY_PEPPER`).
+
+    Keys are 256-bit random secrets, so one keyed hash is enough (no password stretching); the
+    pepper, kept outside the database and the bus, makes a leaked hash table useless for
+    checking guesses offline."""
+    return hmac.new(pepper.encode(), api_key.encode(), hashlib.sha256).hexdigest()
 
 
 ThinkingEffort = Literal["none", "low", "medium", "high"]
 ReasoningOutput = Literal["reasoning_content", "think_tags", "hidden"]
+
+
+class UsageLimits(BaseModel):
+    """Limits of a key or an account, set through the dashboard; None means no limit.
+
+    Windows are UTC: the minute, the day, the calendar month. Tokens are prompt + completion
+    tokens of settled usage; spend is what was charged plus what is held."""
+
+    requests_per_minute: int | None = None
+    tokens_per_minute: int | None = None
+    max_concurrent_requests: int | None = None
+    daily_spend_cap_nano: int | None = None
+    monthly_spend_cap_nano: int | None = None
+
+    def is_empty(self) -> bool:
+        return all(value is None for value in self.model_dump().values())
 
 
 class ApiKeyRecord(BaseModel):
@@ -32,9 +53,17 @@ class ApiKeyRecord(BaseModel):
     status: Literal["active", "revoked"] = "active"
     # "route/region" activations the key may use; empty means every activation of the account.
     activations: list[str] = []
+    limits: UsageLimits = UsageLimits()
 
     def may_use(self, route: str, region: str) -> bool:
         return not self.activations or f"{route}/{region}" in self.activations
+
+
+class AccountRecord(BaseModel):
+    """Per-account settings gateways need; absent from the bucket when the account has none."""
+
+    account_id: str
+    limits: UsageLimits = UsageLimits()
 
 
 class ThinkingSettings(BaseModel):

@@ -91,6 +91,32 @@ class InsufficientBudget(ClientError):
     default_code = "insufficient_budget"
 
 
+class RateLimited(ClientError):
+    """A request, token, concurrency or spend limit of the key or account (OpenAI's 429 with
+    code `rate_limit_exceeded`; `type` names what ran out, as OpenAI's does)."""
+
+    status = 429
+    error_type = "requests"
+    default_code = "rate_limit_exceeded"
+
+    def __init__(self, message: str, *, limit_type: str = "requests", **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        self.limit_type = limit_type
+
+    def envelope(self) -> dict[str, Any]:
+        body = super().envelope()
+        body["error"]["type"] = self.limit_type
+        return body
+
+
+class TooManyRequests(ClientError):
+    """Protections of the edge (failed-auth throttling, connection limits): 429."""
+
+    status = 429
+    error_type = "rate_limit_error"
+    default_code = "too_many_requests"
+
+
 class ModelNotFound(ClientError):
     status = 404
     default_code = "model_not_found"

@@ -27,13 +27,30 @@ log = structlog.get_logger()
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 TRANSACTION_HEADER = "x-transaction-id"
 TRANSACTION_KEY = web.RequestKey("transaction_id", str)
+# Headers a handler wants on its answer whatever it turns out to be, success or error (e.g. the
+# gateway's x-ratelimit-*); a handler that prepares its own streamed response sends them itself.
+RESPONSE_HEADERS_KEY = web.RequestKey("response_headers", dict[str, str])
+REQUEST_TIMEOUT_STATUS = 408
 
 
-def error_response(error: RegioError, transaction_id: str) -> web.Response:
-    headers = {TRANSACTION_HEADER: transaction_id}
+def response_headers(request: web.Request) -> dict[str, str]:
+    """The request's extra response headers, to be filled in by the handler."""
+    if RESPONSE_HEADERS_KEY not in request:
+        request[RESPONSE_HEADERS_KEY] = {}
+    return request[RESPONSE_HEADERS_KEY]
+
+
+def error_response(
+    error: RegioError, transaction_id: str, extra_headers: dict[str, str] | None = None
+) -> web.Response:
+    headers = {**(extra_headers or {}), TRANSACTION_HEADER: transaction_id}
     if error.retry_after_seconds is not None:
         headers["Retry-After"] = str(error.retry_after_seconds)
-    return web.json_response(error.envelope(), status=error.status, headers=headers)
+    response = web.json_response(error.envelope(), status=error.status, headers=headers)
+    if error.status == REQUEST_TIMEOUT_STATUS:
+        # The rest of the body was never read: the connection cannot carry another request.
+        response.force_close()
+    return response
 
 
 def _from_http_exception(exc: web.HTTPException) -> RegioError:
@@ -60,13 +77,14 @@ async def transaction_middleware(request: web.Request, handler: Handler) -> web.
         response = await handler(request)
         status = response.status
         if not response.prepared:
+            response.headers.update(request.get(RESPONSE_HEADERS_KEY, {}))
             response.headers[TRANSACTION_HEADER] = request[TRANSACTION_KEY]
         return response
     except RegioError as error:
         status = error.status
         if status >= 500:
             log.warning("request_failed", error=error.message, code=error.code)
-        return error_response(error, request[TRANSACTION_KEY])
+        return error_response(error, request[TRANSACTION_KEY], request.get(RESPONSE_HEADERS_KEY))
     except web.HTTPException as exc:
         mapped = _from_http_exception(exc)
         status = mapped.status

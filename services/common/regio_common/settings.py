@@ -51,3 +51,17 @@ class BillingClientSettings(RegioSettings):
         "127.0.0.1:50051", description="host:port of the billing gRPC service."
     )
     billing_timeout_seconds: float = Field(2.0, description="Deadline of each billing call.")
+    billing_token: str = Field(
+        "",
+        description="Bearer token this service presents to billing (one of billing's "
+        "`REGIO_BILLING_CLIENT_TOKENS`); empty: none sent.",
+    )
+
+
+class ApiKeySettings(RegioSettings):
+    api_key_pepper: str = Field(
+        "",
+        description="Server-side secret mixed into API key hashes (HMAC-SHA256); the gateway "
+        "and the dashboard must share it. Changing it invalidates every issued key. Empty: "
+        "no pepper (a warning at start).",
+    )

@@ -10,6 +10,7 @@ BILLING_USAGE_CONSUMER = "billing-settle"
 CONFIG_BUCKET = "regio_config"
 API_KEY_PREFIX = "apikey"
 ACTIVATION_PREFIX = "activation"
+ACCOUNT_PREFIX = "account"
 
 
 def infer_subject(country: str, route: str) -> str:
@@ -45,6 +46,10 @@ USAGE_WILDCARD = f"{USAGE_PREFIX}.>"
 
 def api_key_kv_key(key_hash: str) -> str:
     return f"{API_KEY_PREFIX}.{key_hash}"
+
+
+def account_kv_key(account_id: str) -> str:
+    return f"{ACCOUNT_PREFIX}.{account_id}"
 
 
 def activation_kv_key(account_id: str, route: str, region: str) -> str:

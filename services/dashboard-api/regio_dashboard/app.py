@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+import structlog
 from aiohttp import web
 from psycopg_pool import AsyncConnectionPool
 
@@ -17,9 +18,11 @@ from regio_common.nats_connection import connect_nats
 from regio_dashboard.adjustments_client import AdjustmentsClient
 from regio_dashboard.audit_store import AuditStore
 from regio_dashboard.billing_client import CreditsClient
+from regio_dashboard.credentials import SecretHasher
 from regio_dashboard.handlers import add_routes
 from regio_dashboard.idempotency import idempotency_middleware
 from regio_dashboard.idempotency_store import IdempotencyStore
+from regio_dashboard.limits_store import LimitsStore
 from regio_dashboard.management_tokens import ManagementTokenStore
 from regio_dashboard.metrics import DashboardMetrics
 from regio_dashboard.projection import ConfigProjection
@@ -34,16 +37,22 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 async def dashboard_state(settings: DashboardSettings) -> AsyncIterator[DashboardState]:
     if settings.admin_token is None or not settings.admin_token.get_secret_value():
         raise SystemExit("REGIO_ADMIN_TOKEN must be set: the dashboard API has no default admin")
+    if not settings.api_key_pepper:
+        # Works (gateways hash alike), but a leaked key table could then be checked offline.
+        structlog.get_logger().warning("api_key_pepper_missing")
     await apply_migrations(settings.database_url, "dashboard", MIGRATIONS)
     pool = AsyncConnectionPool(
         settings.database_url, min_size=1, max_size=settings.database_pool_size, open=False
     )
     await pool.open(wait=True)
     nc = await connect_nats(settings.nats_url, name="regio-dashboard-api")
-    credits = CreditsClient(settings.billing_address, settings.billing_timeout_seconds)
-    adjustments = AdjustmentsClient(settings.billing_address, settings.billing_timeout_seconds)
-    store = DashboardStore(pool)
-    projection = ConfigProjection(await config_bucket(nc.jetstream()), store)
+    billing = (settings.billing_address, settings.billing_timeout_seconds, settings.billing_token)
+    credits = CreditsClient(*billing)
+    adjustments = AdjustmentsClient(*billing)
+    hasher = SecretHasher(settings.api_key_pepper)
+    store = DashboardStore(pool, hasher)
+    bucket = await config_bucket(nc.jetstream(), settings.nats_stream_replicas)
+    projection = ConfigProjection(bucket, store)
     await projection.rebuild()
     try:
         yield DashboardState(
@@ -52,12 +61,13 @@ async def dashboard_state(settings: DashboardSettings) -> AsyncIterator[Dashboar
             catalogue=Catalogue.load(settings.catalogue_path),
             nats=nc,
             store=store,
-            management_tokens=ManagementTokenStore(pool),
+            management_tokens=ManagementTokenStore(pool, hasher),
             projection=projection,
             credits=credits,
             idempotency=IdempotencyStore(pool),
             audit=AuditStore(pool),
             adjustments=adjustments,
+            limits=LimitsStore(pool),
             admin_label=settings.admin_label,
         )
     finally:

@@ -1,10 +1,13 @@
-"""PostgreSQL access to the audit log: who did what to which account, when and why."""
+"""PostgreSQL access to the audit log: who did what to which account, when and why (manual
+credit adjustments, changes of usage limits)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
+from psycopg import AsyncCursor
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
@@ -26,6 +29,28 @@ class AuditEntry:
     created_at: datetime
 
 
+async def insert_audit_entry(
+    cur: AsyncCursor[dict[str, Any]],
+    actor: str,
+    action: str,
+    account_id: str,
+    amount_nano: int,
+    reason: str,
+    outcome: str = "pending",
+) -> AuditEntry:
+    """Record an entry on the caller's cursor, so that a change made in the same transaction
+    and its entry commit together (or neither does)."""
+    await cur.execute(
+        "INSERT INTO dashboard.audit_log"
+        " (entry_id, actor, action, account_id, amount_nano, reason, outcome)"
+        f" VALUES (%s, %s, %s, %s, %s, %s, %s) RETURNING {AUDIT_COLUMNS}",
+        (new_id("audit"), actor, action, account_id, amount_nano, reason, outcome),
+    )
+    row = await cur.fetchone()
+    assert row is not None
+    return AuditEntry(**row)
+
+
 class AuditStore:
     def __init__(self, pool: AsyncConnectionPool) -> None:
         self._pool = pool
@@ -35,15 +60,7 @@ class AuditStore:
     ) -> AuditEntry:
         """Written before the change is attempted, so that no change goes unrecorded."""
         async with self._pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
-            await cur.execute(
-                "INSERT INTO dashboard.audit_log"
-                " (entry_id, actor, action, account_id, amount_nano, reason)"
-                f" VALUES (%s, %s, %s, %s, %s, %s) RETURNING {AUDIT_COLUMNS}",
-                (new_id("audit"), actor, action, account_id, amount_nano, reason),
-            )
-            row = await cur.fetchone()
-        assert row is not None
-        return AuditEntry(**row)
+            return await insert_audit_entry(cur, actor, action, account_id, amount_nano, reason)
 
     async def set_outcome(self, entry_id: str, outcome: str) -> AuditEntry:
         async with self._pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:

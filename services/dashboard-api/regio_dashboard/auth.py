@@ -39,6 +39,8 @@ def bearer_token(authorization: str | None) -> str | None:
     token = token.strip()
     if scheme.lower() != "bearer" or not token or " " in token:
         return None
+    if not (token.isascii() and token.isprintable()):
+        return None  # tokens are printable ASCII; other bytes cannot even be compared as text
     return token
 
 

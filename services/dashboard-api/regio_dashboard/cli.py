@@ -6,6 +6,10 @@
     python -m regio_dashboard.cli admin keys list ID|create ID [--activation liv/eu]|revoke ID KEY
     python -m regio_dashboard.cli admin credits add ID EUR [--reference R]|balance ID
     python -m regio_dashboard.cli admin activations list ID|activate ID ROUTE REGION|cancel …
+    python -m regio_dashboard.cli admin limits show ID [--key KEY]
+    python -m regio_dashboard.cli admin limits set ID [--key KEY] [--requests-per-minute N]
+        [--tokens-per-minute N] [--max-concurrent-requests N] [--daily-spend-cap-eur EUR]
+        [--monthly-spend-cap-eur EUR]     (only the limits given change; `none` removes one)
 
 An error prints the API's error message and exits with status 1."""
 
@@ -108,12 +112,39 @@ ACCOUNT_COLUMNS: list[Column] = [
     ("status", lambda r: r["status"]),
     ("created", lambda r: _when(r["created"])),
 ]
+# Limit fields of the API, with the short names of a compact listing.
+LIMIT_FIELDS = {
+    "requests_per_minute": "rpm",
+    "tokens_per_minute": "tpm",
+    "max_concurrent_requests": "concurrent",
+    "daily_spend_cap_eur": "eur/day",
+    "monthly_spend_cap_eur": "eur/month",
+}
+
+
+def limits_summary(limits: dict[str, Any] | None) -> str:
+    """`rpm=60,eur/day=5`, or `none` (one word, so that columns split on spaces)."""
+    parts = [
+        f"{short}={limits[name]}"
+        for name, short in LIMIT_FIELDS.items()
+        if limits and limits.get(name) is not None
+    ]
+    return ",".join(parts) or "none"
+
+
 KEY_COLUMNS: list[Column] = [
     ("id", lambda r: r["id"]),
     ("key", lambda r: f"{r['prefix']}…{r['last_four']}"),
     ("activations", lambda r: ",".join(r.get("activations") or []) or "all"),
+    ("limits", lambda r: limits_summary(r.get("limits"))),
     ("status", lambda r: r["status"]),
     ("created", lambda r: _when(r["created"])),
+]
+LIMIT_COLUMNS: list[Column] = [
+    ("scope", lambda r: r["scope"]),
+    ("account", lambda r: r["account_id"]),
+    ("key", lambda r: r["key_id"]),
+    *[(short, lambda r, name=name: r[name] or "none") for name, short in LIMIT_FIELDS.items()],
 ]
 ACTIVATION_COLUMNS: list[Column] = [
     ("route", lambda r: r["route"]),
@@ -162,6 +193,12 @@ def run_command(client: DashboardClient, args: argparse.Namespace) -> Result:
             columns = [*KEY_COLUMNS, ("secret (shown once)", lambda r: r["key"])]
             return created, columns
         return client.call("DELETE", f"{base}/keys/{args.key_id}"), KEY_COLUMNS
+    if resource == "limits":
+        path = base + (f"/keys/{args.key}" if args.key else "") + "/limits"
+        current = client.call("GET", path)
+        if action == "show":
+            return current, LIMIT_COLUMNS
+        return client.call("PUT", path, changed_limits(current, args)), LIMIT_COLUMNS
     if resource == "credits":
         if action == "add":
             body = {"amount_eur": args.amount_eur, "reference": args.reference}
@@ -174,6 +211,22 @@ def run_command(client: DashboardClient, args: argparse.Namespace) -> Result:
     if action == "activate":
         return client.call("PUT", path, {}), ACTIVATION_COLUMNS
     return client.call("DELETE", path), CANCELLED_COLUMNS
+
+
+def changed_limits(current: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+    """The full PUT body: the current limits with the options given (`none`: no limit)."""
+    body = {name: current.get(name) for name in LIMIT_FIELDS}
+    for name in LIMIT_FIELDS:
+        given = getattr(args, name, None)
+        if given is None:
+            continue
+        if given.lower() == "none":
+            body[name] = None
+        elif name.endswith("_eur"):
+            body[name] = given
+        else:
+            body[name] = int(given) if given.isdigit() else given  # the API refuses a non-integer
+    return body
 
 
 def _new_key() -> str:
@@ -239,6 +292,21 @@ def parser() -> argparse.ArgumentParser:
         command.add_argument("account_id")
         command.add_argument("route")
         command.add_argument("region")
+
+    limits = resources.add_parser(
+        "limits", help="usage limits of an account, or of one of its keys (--key)"
+    ).add_subparsers(dest="action", required=True)
+    for name in ("show", "set"):
+        command = limits.add_parser(name)
+        command.add_argument("account_id")
+        command.add_argument("--key", help="a key id: the key's limits, not the account's")
+    for name in LIMIT_FIELDS:
+        command.add_argument(
+            "--" + name.replace("_", "-"),
+            dest=name,
+            metavar="EUR" if name.endswith("_eur") else "N",
+            help="new value, or `none` for no limit (unchanged when not given)",
+        )
     return top
 
 

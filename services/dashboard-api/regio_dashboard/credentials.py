@@ -1,6 +1,7 @@
 """The secrets the dashboard issues: inference API keys and account-owner management tokens.
 
-Both are 256-bit random strings, stored only as a SHA-256 hash. Distinct prefixes make them
+Both are 256-bit random strings, stored only as a keyed hash (HMAC-SHA256 under the server-side
+pepper, `REGIO_API_KEY_PEPPER`, which gateways share for API keys). Distinct prefixes make them
 recognisable (e.g. by secret scanners) and keep one kind from ever passing as the other: the
 gateway only knows API key hashes, the dashboard only management token hashes."""
 
@@ -23,18 +24,23 @@ class IssuedSecret:
     last_four: str
 
 
-def issue_secret(kind_prefix: str) -> IssuedSecret:
-    plaintext = kind_prefix + secrets.token_urlsafe(32)
-    return IssuedSecret(
-        plaintext=plaintext,
-        secret_hash=hash_secret(plaintext),
-        prefix=plaintext[: len(kind_prefix) + 4],
-        last_four=plaintext[-4:],
-    )
+@dataclass(frozen=True)
+class SecretHasher:
+    """Issues and hashes secrets under one pepper (empty: no pepper)."""
 
+    pepper: str = ""
 
-def hash_secret(plaintext: str) -> str:
-    return hash_api_key(plaintext)
+    def issue(self, kind_prefix: str) -> IssuedSecret:
+        plaintext = kind_prefix + secrets.token_urlsafe(32)
+        return IssuedSecret(
+            plaintext=plaintext,
+            secret_hash=self.hash(plaintext),
+            prefix=plaintext[: len(kind_prefix) + 4],
+            last_four=plaintext[-4:],
+        )
+
+    def hash(self, plaintext: str) -> str:
+        return hash_api_key(plaintext, self.pepper)
 
 
 def new_id(kind: str) -> str:

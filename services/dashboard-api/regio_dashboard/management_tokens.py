@@ -8,7 +8,7 @@ from datetime import datetime
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
-from regio_dashboard.credentials import MANAGEMENT_TOKEN_PREFIX, hash_secret, issue_secret, new_id
+from regio_dashboard.credentials import MANAGEMENT_TOKEN_PREFIX, SecretHasher, new_id
 from regio_dashboard.store import after_clause
 
 TOKEN_COLUMNS = "token_id, account_id, prefix, last_four, created_at, revoked_at"
@@ -25,12 +25,13 @@ class ManagementToken:
 
 
 class ManagementTokenStore:
-    def __init__(self, pool: AsyncConnectionPool) -> None:
+    def __init__(self, pool: AsyncConnectionPool, hasher: SecretHasher) -> None:
         self._pool = pool
+        self._hasher = hasher
 
     async def create(self, account_id: str) -> tuple[ManagementToken, str]:
         """Store a new token's hash; the plaintext is returned once and never stored."""
-        secret = issue_secret(MANAGEMENT_TOKEN_PREFIX)
+        secret = self._hasher.issue(MANAGEMENT_TOKEN_PREFIX)
         async with self._pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
             await cur.execute(
                 "INSERT INTO dashboard.management_tokens"
@@ -48,7 +49,7 @@ class ManagementTokenStore:
             await cur.execute(
                 "SELECT account_id FROM dashboard.management_tokens"
                 " WHERE token_hash = %s AND revoked_at IS NULL",
-                (hash_secret(plaintext),),
+                (self._hasher.hash(plaintext),),
             )
             row = await cur.fetchone()
         return str(row[0]) if row else None

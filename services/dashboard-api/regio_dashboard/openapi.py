@@ -9,15 +9,14 @@ from __future__ import annotations
 import json
 import re
 import sys
-from typing import Any, Literal
+from typing import Any
 
 from aiohttp import web
-from pydantic import BaseModel
 
+from regio_common.openapi_schemas import SchemaCollector
 from regio_dashboard.operations import Operation, operation_of
 from regio_dashboard.schemas import ErrorEnvelope
 
-REF_TEMPLATE = "#/components/schemas/{model}"
 PATH_PARAMETER = re.compile(r"\{([^}/]+)\}")
 # Ids, route and region names: what the dashboard issues and the catalogue may name.
 PATH_PARAMETER_SCHEMA = {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,100}$"}
@@ -40,27 +39,6 @@ IDEMPOTENCY_HEADER = {
     ),
     "schema": {"type": "string", "minLength": 1, "maxLength": 200, "pattern": "^[!-~]+$"},
 }
-
-
-class SchemaCollector:
-    """Component schemas of the models the operations use, each under its model's name."""
-
-    def __init__(self) -> None:
-        self.schemas: dict[str, Any] = {}
-
-    def ref(
-        self, model: type[BaseModel], mode: Literal["validation", "serialization"]
-    ) -> dict[str, str]:
-        schema = model.model_json_schema(ref_template=REF_TEMPLATE, mode=mode)
-        for name, definition in schema.pop("$defs", {}).items():
-            self._add(name, definition)
-        self._add(model.__name__, schema)
-        return {"$ref": REF_TEMPLATE.format(model=model.__name__)}
-
-    def _add(self, name: str, schema: dict[str, Any]) -> None:
-        known = self.schemas.setdefault(name, schema)
-        if known != schema:
-            raise ValueError(f"two different schemas are both named {name!r}")
 
 
 def _json_content(schema: dict[str, Any]) -> dict[str, Any]:

@@ -10,13 +10,22 @@ from typing import Annotated, Any, Generic, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field
 
 from regio.billing.v1 import billing_pb2
-from regio_common.config_records import ReasoningOutput, ThinkingEffort, ThinkingSettings
-from regio_common.money import nano_to_eur
+from regio_common.config_records import (
+    ReasoningOutput,
+    ThinkingEffort,
+    ThinkingSettings,
+    UsageLimits,
+)
+from regio_common.money import eur_to_nano, nano_to_eur
 from regio_common.validation import parse_body
 from regio_dashboard.management_tokens import ManagementToken
 from regio_dashboard.store import Account, Activation, ApiKey
 
 ACTIVATION_REF = r"^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+$"
+# Counted limits fit PostgreSQL's integer (and billing's uint32); a spend cap of at most
+# €1,000,000,000 fits a bigint of nano-EUR.
+MAX_LIMIT_COUNT = 2**31 - 1
+MAX_SPEND_CAP_EUR = 1_000_000_000
 
 
 class RequestBody(BaseModel):
@@ -63,6 +72,49 @@ class CreateApiKey(RequestBody):
         max_length=100,
         description="Activations ('route/region') the key may use; empty means all of them.",
     )
+
+
+def _count_limit(what: str) -> Any:
+    return Field(
+        None, ge=1, le=MAX_LIMIT_COUNT, strict=True, description=f"{what}; null: no limit."
+    )
+
+
+def _spend_cap(window: str) -> Any:
+    return Field(
+        None,
+        gt=0,
+        le=MAX_SPEND_CAP_EUR,
+        decimal_places=9,
+        description=f"EUR charged plus held per UTC {window}, as a decimal string; null: no cap.",
+    )
+
+
+class UsageLimitsBody(RequestBody):
+    """Every limit of an account or a key: a PUT replaces all of them (an omitted field is
+    null, i.e. no limit)."""
+
+    requests_per_minute: int | None = _count_limit("Requests admitted per UTC minute")
+    tokens_per_minute: int | None = _count_limit(
+        "Prompt + completion tokens (of settled usage) per UTC minute"
+    )
+    max_concurrent_requests: int | None = _count_limit("Requests in flight at once")
+    daily_spend_cap_eur: Decimal | None = _spend_cap("day")
+    monthly_spend_cap_eur: Decimal | None = _spend_cap("calendar month")
+
+    def usage_limits(self) -> UsageLimits:
+        """The limits as stored and enforced: spend caps in nano-EUR."""
+        return UsageLimits(
+            requests_per_minute=self.requests_per_minute,
+            tokens_per_minute=self.tokens_per_minute,
+            max_concurrent_requests=self.max_concurrent_requests,
+            daily_spend_cap_nano=_optional_nano(self.daily_spend_cap_eur),
+            monthly_spend_cap_nano=_optional_nano(self.monthly_spend_cap_eur),
+        )
+
+
+def _optional_nano(eur: Decimal | None) -> int | None:
+    return None if eur is None else eur_to_nano(eur)
 
 
 class CreateAdjustment(RequestBody):
@@ -112,6 +164,56 @@ class AccountOut(ResponseModel):
         )
 
 
+def eur_text(nano: int) -> str:
+    """Plain decimal notation, never an exponent (5 nano-EUR is "0.000000005")."""
+    return f"{nano_to_eur(nano):f}"
+
+
+class UsageLimitsOut(ResponseModel):
+    """Limits as set (null: no limit); spend caps as decimal EUR strings."""
+
+    requests_per_minute: int | None
+    tokens_per_minute: int | None
+    max_concurrent_requests: int | None
+    daily_spend_cap_eur: str | None
+    monthly_spend_cap_eur: str | None
+
+    @classmethod
+    def fields_of(cls, limits: UsageLimits) -> dict[str, Any]:
+        return {
+            "requests_per_minute": limits.requests_per_minute,
+            "tokens_per_minute": limits.tokens_per_minute,
+            "max_concurrent_requests": limits.max_concurrent_requests,
+            "daily_spend_cap_eur": _optional_eur(limits.daily_spend_cap_nano),
+            "monthly_spend_cap_eur": _optional_eur(limits.monthly_spend_cap_nano),
+        }
+
+    @classmethod
+    def of(cls, limits: UsageLimits) -> UsageLimitsOut:
+        return cls(**cls.fields_of(limits))
+
+
+def _optional_eur(nano: int | None) -> str | None:
+    return None if nano is None else eur_text(nano)
+
+
+class LimitsOut(UsageLimitsOut):
+    """The limits of an account (`key_id` null) or of one of its keys."""
+
+    object: Literal["usage_limits"] = "usage_limits"
+    scope: Literal["account", "key"]
+    account_id: str
+    key_id: str | None
+
+    @classmethod
+    def of_account(cls, account_id: str, limits: UsageLimits) -> LimitsOut:
+        return cls(scope="account", account_id=account_id, key_id=None, **cls.fields_of(limits))
+
+    @classmethod
+    def of_key(cls, account_id: str, key_id: str, limits: UsageLimits) -> LimitsOut:
+        return cls(scope="key", account_id=account_id, key_id=key_id, **cls.fields_of(limits))
+
+
 class ApiKeyOut(ResponseModel):
     """A key as listed: never its secret or hash."""
 
@@ -124,6 +226,7 @@ class ApiKeyOut(ResponseModel):
     status: Literal["active", "revoked"]
     created: int
     revoked: int | None
+    limits: UsageLimitsOut
 
     @classmethod
     def of(cls, key: ApiKey) -> ApiKeyOut:
@@ -136,6 +239,7 @@ class ApiKeyOut(ResponseModel):
             status="revoked" if key.revoked_at is not None else "active",
             created=_timestamp(key.created_at),
             revoked=_optional_timestamp(key.revoked_at),
+            limits=UsageLimitsOut.of(key.limits),
         )
 
 
@@ -228,8 +332,14 @@ class BalanceOut(ResponseModel):
 class AuditEntryOut(ResponseModel):
     id: str
     object: Literal["audit_entry"] = "audit_entry"
-    actor: str = Field(description="Label of the admin credential that acted.")
-    action: str
+    actor: str = Field(
+        description="Label of the admin credential that acted, or `owner:<account_id>` for an "
+        "account owner's management token."
+    )
+    action: str = Field(
+        description="credit_adjustment, account_limits_set or key_limits_set (the new limits "
+        "are in `reason`)."
+    )
     account_id: str
     amount_nano: int
     amount_eur: str

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pydantic import Field, SecretStr
 
 from regio_common.settings import (
+    ApiKeySettings,
     BillingClientSettings,
     CatalogueSettings,
     DatabaseSettings,
@@ -14,7 +15,12 @@ from regio_common.settings import (
 
 
 class DashboardSettings(
-    LoggingSettings, NatsSettings, DatabaseSettings, CatalogueSettings, BillingClientSettings
+    LoggingSettings,
+    NatsSettings,
+    DatabaseSettings,
+    CatalogueSettings,
+    BillingClientSettings,
+    ApiKeySettings,
 ):
     dashboard_host: str = Field("127.0.0.1", description="Address the dashboard API listens on.")
     dashboard_port: int = Field(8081, description="Port the dashboard API listens on.")

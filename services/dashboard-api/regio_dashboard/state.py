@@ -12,6 +12,7 @@ from regio_dashboard.adjustments_client import AdjustmentsClient
 from regio_dashboard.audit_store import AuditStore
 from regio_dashboard.billing_client import CreditsClient
 from regio_dashboard.idempotency_store import IdempotencyStore
+from regio_dashboard.limits_store import LimitsStore
 from regio_dashboard.management_tokens import ManagementTokenStore
 from regio_dashboard.projection import ConfigProjection
 from regio_dashboard.store import DashboardStore
@@ -30,6 +31,7 @@ class DashboardState:
     idempotency: IdempotencyStore
     audit: AuditStore
     adjustments: AdjustmentsClient
+    limits: LimitsStore
     admin_label: str = "admin"
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -12,11 +12,18 @@ import psycopg.errors
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
+from regio_common.config_records import UsageLimits
 from regio_common.errors import Conflict
-from regio_dashboard.credentials import API_KEY_PREFIX, issue_secret, new_id
+from regio_dashboard.credentials import API_KEY_PREFIX, SecretHasher, new_id
 
-ACCOUNT_COLUMNS = "account_id, name, status, created_at"
-KEY_COLUMNS = "key_id, account_id, key_hash, prefix, last_four, created_at, revoked_at, activations"
+# Accounts and keys carry one column per limit, named as the fields of UsageLimits.
+LIMIT_FIELDS = tuple(UsageLimits.model_fields)
+LIMIT_COLUMNS = ", ".join(LIMIT_FIELDS)
+ACCOUNT_COLUMNS = f"account_id, name, status, created_at, {LIMIT_COLUMNS}"
+KEY_COLUMNS = (
+    "key_id, account_id, key_hash, prefix, last_four, created_at, revoked_at, activations,"
+    f" {LIMIT_COLUMNS}"
+)
 ACTIVATION_COLUMNS = (
     "account_id, route, region, free_system_prompt, created_at,"
     " thinking_default_effort, thinking_reasoning_output"
@@ -29,6 +36,7 @@ class Account:
     name: str
     status: str
     created_at: datetime
+    limits: UsageLimits = field(default_factory=UsageLimits)
 
 
 @dataclass(frozen=True)
@@ -41,6 +49,7 @@ class ApiKey:
     created_at: datetime
     revoked_at: datetime | None
     activations: list[str]  # "route/region" scope; empty = every activation of the account
+    limits: UsageLimits = field(default_factory=UsageLimits)
 
 
 @dataclass(frozen=True)
@@ -67,6 +76,28 @@ class AccountKeys:
             return []
         return [key for key in self.keys if key.revoked_at is None]
 
+    def account_limits(self) -> UsageLimits | None:
+        """The account's limits as gateways must see them: None when there are none to enforce
+        (no limit set, or the account is suspended or gone, so its keys are refused anyway)."""
+        if self.account is None or self.account.status != "active":
+            return None
+        return None if self.account.limits.is_empty() else self.account.limits
+
+
+def limits_of(row: dict[str, Any]) -> UsageLimits:
+    """The limits of a row selected with LIMIT_COLUMNS (taken out of the row)."""
+    return UsageLimits(**{name: row.pop(name) for name in LIMIT_FIELDS})
+
+
+def account_of_row(row: dict[str, Any]) -> Account:
+    limits = limits_of(row)
+    return Account(**row, limits=limits)
+
+
+def api_key_of_row(row: dict[str, Any]) -> ApiKey:
+    limits = limits_of(row)
+    return ApiKey(**row, limits=limits)
+
 
 def after_clause(columns: str, position: tuple[Any, ...] | None) -> tuple[str, tuple[Any, ...]]:
     """SQL condition and parameters of keyset pagination past `position` (nothing if None)."""
@@ -77,8 +108,9 @@ def after_clause(columns: str, position: tuple[Any, ...] | None) -> tuple[str, t
 
 
 class DashboardStore:
-    def __init__(self, pool: AsyncConnectionPool) -> None:
+    def __init__(self, pool: AsyncConnectionPool, hasher: SecretHasher) -> None:
         self._pool = pool
+        self._hasher = hasher
 
     # -- accounts -------------------------------------------------------------------------------
     async def create_account(self, name: str) -> Account:
@@ -93,7 +125,7 @@ class DashboardStore:
                 raise Conflict(f"An account named '{name}' already exists.", param="name") from None
             row = await cur.fetchone()
         assert row is not None
-        return Account(**row)
+        return account_of_row(row)
 
     async def get_account(self, account_id: str) -> Account | None:
         async with self._pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
@@ -102,7 +134,7 @@ class DashboardStore:
                 (account_id,),
             )
             row = await cur.fetchone()
-        return Account(**row) if row else None
+        return account_of_row(row) if row else None
 
     async def list_accounts(
         self, fetch: int, after: tuple[datetime, str] | None, name: str | None = None
@@ -117,7 +149,17 @@ class DashboardStore:
                 " ORDER BY created_at, account_id LIMIT %s",
                 (*params, fetch),
             )
-            return [Account(**row) for row in await cur.fetchall()]
+            return [account_of_row(row) for row in await cur.fetchall()]
+
+    async def limited_accounts(self) -> list[Account]:
+        """Active accounts with at least one limit (to rebuild the projection)."""
+        any_limit = " OR ".join(f"{name} IS NOT NULL" for name in LIMIT_FIELDS)
+        async with self._pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
+            await cur.execute(
+                f"SELECT {ACCOUNT_COLUMNS} FROM dashboard.accounts"
+                f" WHERE status = 'active' AND ({any_limit})"
+            )
+            return [account_of_row(row) for row in await cur.fetchall()]
 
     async def set_account_status(self, account_id: str, status: str) -> Account | None:
         async with self._pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
@@ -127,14 +169,14 @@ class DashboardStore:
                 (status, account_id),
             )
             row = await cur.fetchone()
-        return Account(**row) if row else None
+        return account_of_row(row) if row else None
 
     # -- API keys -------------------------------------------------------------------------------
     async def create_api_key(
         self, account_id: str, activations: list[str] | None = None
     ) -> tuple[ApiKey, str]:
         """Store a new key's hash; the plaintext is returned once and never stored."""
-        secret = issue_secret(API_KEY_PREFIX)
+        secret = self._hasher.issue(API_KEY_PREFIX)
         async with self._pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
             await cur.execute(
                 "INSERT INTO dashboard.api_keys"
@@ -151,7 +193,7 @@ class DashboardStore:
             )
             row = await cur.fetchone()
         assert row is not None
-        return ApiKey(**row), secret.plaintext
+        return api_key_of_row(row), secret.plaintext
 
     async def list_api_keys(
         self, account_id: str, fetch: int, after: tuple[datetime, str] | None
@@ -163,7 +205,17 @@ class DashboardStore:
                 f" WHERE account_id = %s AND {condition} ORDER BY created_at, key_id LIMIT %s",
                 (account_id, *params, fetch),
             )
-            return [ApiKey(**row) for row in await cur.fetchall()]
+            return [api_key_of_row(row) for row in await cur.fetchall()]
+
+    async def get_api_key(self, account_id: str, key_id: str) -> ApiKey | None:
+        async with self._pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
+            await cur.execute(
+                f"SELECT {KEY_COLUMNS} FROM dashboard.api_keys"
+                " WHERE account_id = %s AND key_id = %s",
+                (account_id, key_id),
+            )
+            row = await cur.fetchone()
+        return api_key_of_row(row) if row else None
 
     async def revoke_api_key(self, account_id: str, key_id: str) -> ApiKey | None:
         """Revoke a key of this account (idempotent: the first revocation time is kept)."""
@@ -174,7 +226,7 @@ class DashboardStore:
                 (account_id, key_id),
             )
             row = await cur.fetchone()
-        return ApiKey(**row) if row else None
+        return api_key_of_row(row) if row else None
 
     async def active_api_keys(self) -> list[ApiKey]:
         async with self._pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
@@ -183,7 +235,7 @@ class DashboardStore:
                 " AND EXISTS (SELECT 1 FROM dashboard.accounts a"
                 "  WHERE a.account_id = k.account_id AND a.status = 'active')"
             )
-            return [ApiKey(**row) for row in await cur.fetchall()]
+            return [api_key_of_row(row) for row in await cur.fetchall()]
 
     @asynccontextmanager
     async def locked_account_keys(self, account_id: str) -> AsyncIterator[AccountKeys]:
@@ -202,8 +254,8 @@ class DashboardStore:
                 f"SELECT {KEY_COLUMNS} FROM dashboard.api_keys WHERE account_id = %s",
                 (account_id,),
             )
-            keys = [ApiKey(**row) for row in await cur.fetchall()]
-            yield AccountKeys(Account(**account_row) if account_row else None, keys)
+            keys = [api_key_of_row(row) for row in await cur.fetchall()]
+            yield AccountKeys(account_of_row(account_row) if account_row else None, keys)
 
     # -- activations ----------------------------------------------------------------------------
     async def upsert_activation(

@@ -8,6 +8,7 @@ import time
 from typing import NoReturn
 
 from regio_common.logging import configure_logging
+from regio_devstack.credentials import NATS_PASSWORDS_FILE
 from regio_devstack.settings import DevstackSettings
 from regio_devstack.stack import Stack, StackConfig
 
@@ -22,6 +23,13 @@ def ops_lines(stack: Stack) -> str:
     return "\n".join(f"    {name + ':':<20}{stack.ops_url(name)}" for name in stack.ops_ports)
 
 
+def nats_line(stack: Stack) -> str:
+    if stack.nats is None:
+        return "the server of REGIO_NATS_URL"
+    passwords = stack.config.data_dir / NATS_PASSWORDS_FILE
+    return f"{stack.nats.url}  (a user per service; passwords in {passwords})"
+
+
 def banner(stack: Stack, api_key: str) -> str:
     route = next(iter(stack.catalogue.routes))
     base = f"{stack.gateway_url}/v1"
@@ -33,6 +41,7 @@ Regio is running.
                         label of the host name; nl.localhost likewise)
   API key:              {api_key}
   Dashboard API:        {stack.dashboard_url}  (admin token in {stack.config.data_dir}/admin-token)
+  NATS:                 {nats_line(stack)}
   Ops listeners (GET /health, /ready, /metrics):
 {ops_lines(stack)}
   Logs:                 {stack.logs_dir}

@@ -4,17 +4,22 @@ Real parts only: nats-server with JetStream and PostgreSQL (fsync on) in a tempo
 and billing as its own process (`python -m regio_billing`), driven over gRPC and JetStream.
 
 (a) Reserve latency: thousands of gRPC Reserve calls at concurrency 1 and 32, spread over
-    many funded accounts; p50 and p99 as the gateway would see them.
+    many funded accounts; p50 and p99 as the gateway would see them. Measured without usage
+    limits (the common path) and with limits on the key and the account that never refuse
+    (every limit checked and counted in the reserve's transaction).
 (b) Settlements per second: holds are created up front, billing is stopped, one usage record
     per hold is published to JetStream, billing is started again and the settlements table is
     polled until every hold is settled. Rate = records settled / time from the first to the
     last settlement seen. Run with a pull of 1 record (one transaction per record, the
-    reference) and with the default batch (one transaction per pull).
+    reference) and with the default batch (one transaction per pull), and once more with
+    holds that track usage limits (settlement also updates the usage windows).
+Options (`--help`) shorten the run: fewer calls and records, or no settlement part.
 Afterwards every run checks the ledger: the invariants I1-I8, one settlement per hold, and the
 charges equal the price formula for the reported tokens."""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import os
 import signal
@@ -57,6 +62,17 @@ TARGET_SETTLEMENTS_PER_SECOND = 5000
 TARGET_RESERVE_P99_MS = 5.0
 PUBLISH_IN_FLIGHT = 500
 LARGE_BATCH = 256
+SETTLE_RECORDS = 30000
+LABEL_WIDTH = 58  # of the report's first column
+# Limits that admit every bench request, so that the with-limits figures measure the cost of
+# checking and counting them, not refusals.
+NEVER_REFUSING = billing_pb2.UsageLimits(
+    requests_per_minute=4_000_000_000,
+    tokens_per_minute=4_000_000_000,
+    max_concurrent_requests=4_000_000_000,
+    daily_spend_cap_nano=10**18,
+    monthly_spend_cap_nano=10**18,
+)
 
 
 @dataclass(frozen=True)
@@ -64,6 +80,46 @@ class SettleRun:
     label: str
     batch: int
     records: int
+    limits: bool = False  # holds that track usage limits
+
+
+@dataclass(frozen=True)
+class BenchOptions:
+    reserve_calls: int | None  # per concurrency level; None: the defaults of RESERVE_LEVELS
+    settle_records: int
+    settlement: bool
+
+    @classmethod
+    def parse(cls, argv: list[str] | None = None) -> BenchOptions:
+        parser = argparse.ArgumentParser(
+            prog="python -m regio_devstack.bench_billing",
+            description="Reserve latency (with and without usage limits) and settlements/s of "
+            "the billing service, against real PostgreSQL and JetStream.",
+        )
+        parser.add_argument(
+            "--reserve-calls",
+            type=int,
+            default=None,
+            help="measured Reserve calls per concurrency level and limits setting "
+            f"(default: {', '.join(f'{calls} at {c}' for c, calls in RESERVE_LEVELS)})",
+        )
+        parser.add_argument(
+            "--settle-records",
+            type=int,
+            default=SETTLE_RECORDS,
+            help="usage records per batched settlement run; the pull-of-1 reference settles "
+            f"a tenth (default: {SETTLE_RECORDS})",
+        )
+        parser.add_argument(
+            "--no-settlement", action="store_true", help="measure Reserve latency only"
+        )
+        args = parser.parse_args(argv)
+        return cls(args.reserve_calls, args.settle_records, not args.no_settlement)
+
+    def reserve_levels(self) -> list[tuple[int, int]]:
+        if self.reserve_calls is None:
+            return RESERVE_LEVELS
+        return [(concurrency, self.reserve_calls) for concurrency, _ in RESERVE_LEVELS]
 
 
 def default_batch() -> int:
@@ -143,9 +199,12 @@ async def route_prices(conn: psycopg.AsyncConnection[Any]) -> tuple[int, int]:
     return row[0], row[1]
 
 
-async def create_holds(database_url: str, accounts: list[str], count: int) -> list[str]:
+async def create_holds(
+    database_url: str, accounts: list[str], count: int, limits: bool = False
+) -> list[str]:
     """`count` open holds spread over `accounts`, written like Reserve writes them (hold rows
-    plus each account's cached held amount, in one transaction): a faster setup than RPCs."""
+    plus each account's cached held amount, in one transaction): a faster setup than RPCs.
+    With `limits`, the holds track usage limits of one key per account."""
     async with await psycopg.AsyncConnection.connect(database_url) as conn:
         input_price, output_price = await route_prices(conn)
         amount = request_cost_nano(
@@ -159,10 +218,21 @@ async def create_holds(database_url: str, accounts: list[str], count: int) -> li
         async with conn.transaction():
             await conn.execute(
                 "INSERT INTO billing.holds (transaction_id, account_id, route, region,"
-                " amount_nano, input_price_nano, output_price_nano, expires_at)"
-                " SELECT t, a, %s, 'eu', %s, %s, %s, now() + interval '1 hour'"
-                " FROM unnest(%s::text[], %s::text[]) AS v(t, a)",
-                (ROUTE, amount, input_price, output_price, transactions, owners),
+                " amount_nano, input_price_nano, output_price_nano, expires_at, key_id,"
+                " tracks_limits, max_prompt_tokens, max_completion_tokens)"
+                " SELECT t, a, %s, 'eu', %s, %s, %s, now() + interval '1 hour', 'key-' || a,"
+                " %s, %s, %s FROM unnest(%s::text[], %s::text[]) AS v(t, a)",
+                (
+                    ROUTE,
+                    amount,
+                    input_price,
+                    output_price,
+                    limits,
+                    MAX_PROMPT_TOKENS,
+                    MAX_COMPLETION_TOKENS,
+                    transactions,
+                    owners,
+                ),
             )
             await conn.execute(
                 "UPDATE billing.accounts AS a SET held_nano = a.held_nano + v.amount"
@@ -251,22 +321,27 @@ async def ledger_problems(database_url: str, transactions: list[str], expected: 
 
 # -- (a) reserve latency ------------------------------------------------------------------------
 async def reserve_latencies(
-    stub: Any, accounts: list[str], concurrency: int, calls: int
+    stub: Any, accounts: list[str], concurrency: int, calls: int, limits: bool = False
 ) -> list[float]:
     counter = iter(range(calls + RESERVE_WARMUP))
     latencies: list[float] = []
 
     async def client() -> None:
         for n in counter:
+            account = accounts[n % len(accounts)]
             request = billing_pb2.ReserveRequest(
                 transaction_id=f"lat-{uuid.uuid4().hex}",
-                account_id=accounts[n % len(accounts)],
+                account_id=account,
                 route=ROUTE,
                 region="eu",
                 max_prompt_tokens=MAX_PROMPT_TOKENS,
                 max_completion_tokens=MAX_COMPLETION_TOKENS,
                 ttl_seconds=3600,
+                key_id=f"key-{account}",
             )
+            if limits:
+                request.key_limits.CopyFrom(NEVER_REFUSING)
+                request.account_limits.CopyFrom(NEVER_REFUSING)
             started = time.perf_counter()
             response = await stub.Reserve(request)
             elapsed = time.perf_counter() - started
@@ -304,7 +379,7 @@ async def measure_settlement(
         accounts = await _with_stub(
             billing, lambda stub: fund_accounts(stub, "settle", ACCOUNTS, 100)
         )
-        transactions = await create_holds(database_url, accounts, run.records)
+        transactions = await create_holds(database_url, accounts, run.records, run.limits)
         billing.stop()  # records pile up in the stream, then are consumed at full speed
         owners = {t: accounts[n % len(accounts)] for n, t in enumerate(transactions)}
         say(f"  publishing {run.records} usage records ...")
@@ -365,33 +440,37 @@ async def _with_stub(billing: BillingProcess, use: Callable[[Any], Awaitable[Any
 
 
 # -- the run ------------------------------------------------------------------------------------
-async def run_bench(folder: Path, say: Callable[[str], None]) -> str:
+async def run_bench(folder: Path, say: Callable[[str], None], options: BenchOptions) -> str:
     nats_server = NatsServer(folder / "nats").start()
     postgres = PostgresServer(folder / "pg" / "data").start()
     try:
         say("reserve latency ...")
         database_url = postgres.create_database("bench_reserve")
         billing = BillingProcess(folder / "reserve", database_url, nats_server.url).start()
+        latency: dict[tuple[int, bool], list[float]] = {}
         try:
             async with grpc.aio.insecure_channel(billing.address) as channel:
                 stub = billing_pb2_grpc.BillingStub(channel)
                 accounts = await fund_accounts(stub, "reserve", ACCOUNTS, 100)
-                latency = {
-                    concurrency: await reserve_latencies(stub, accounts, concurrency, calls)
-                    for concurrency, calls in RESERVE_LEVELS
-                }
+                for limits in (False, True):
+                    for concurrency, calls in options.reserve_levels():
+                        latency[(concurrency, limits)] = await reserve_latencies(
+                            stub, accounts, concurrency, calls, limits
+                        )
             async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as conn:
                 reserve_problems = await find_violations(conn)
         finally:
             billing.stop()
         batch = default_batch()
+        records = options.settle_records
         runs = [
-            SettleRun("pull of 1 (reference)", 1, 3000),
-            SettleRun(f"batch of {batch} (default)", batch, 30000),
-            SettleRun(f"batch of {LARGE_BATCH}", LARGE_BATCH, 30000),
+            SettleRun("pull of 1 (reference)", 1, max(1, records // 10)),
+            SettleRun(f"batch of {batch} (default)", batch, records),
+            SettleRun(f"batch of {LARGE_BATCH}", LARGE_BATCH, records),
+            SettleRun(f"batch of {batch}, holds with limits", batch, records, limits=True),
         ]
         measurements = []
-        for run in runs:
+        for run in runs if options.settlement else []:
             say(f"settlements/s, {run.label} ...")
             measurements.append(
                 await measure_settlement(folder, postgres, nats_server.url, run, say)
@@ -402,30 +481,17 @@ async def run_bench(folder: Path, say: Callable[[str], None]) -> str:
     return table(latency, reserve_problems, measurements)
 
 
-def table(
-    latency: dict[int, list[float]],
-    reserve_problems: list[str],
-    measurements: list[SettleMeasurement],
-) -> str:
-    lines = [f"{'metric':<48}{'measured':>12}{'target':>12}{'':>6}", "-" * 78]
+def table_row(label: str, value: str, target: str = "", ok: bool | None = None) -> str:
+    mark = "" if ok is None else ("ok" if ok else "MISS")
+    return f"{label:<{LABEL_WIDTH}}{value:>12}{target:>12}{mark:>6}"
+
+
+def settlement_rows(measurements: list[SettleMeasurement]) -> list[str]:
+    lines: list[str] = []
 
     def row(label: str, value: str, target: str = "", ok: bool | None = None) -> None:
-        mark = "" if ok is None else ("ok" if ok else "MISS")
-        lines.append(f"{label:<48}{value:>12}{target:>12}{mark:>6}")
+        lines.append(table_row(label, value, target, ok))
 
-    for concurrency, values in latency.items():
-        p50, p99 = percentile(values, 50) * 1000, percentile(values, 99) * 1000
-        row(f"Reserve p50 ms, concurrency {concurrency} ({len(values)} calls)", f"{p50:.2f}")
-        target_applies = concurrency == 1
-        row(
-            f"Reserve p99 ms, concurrency {concurrency}",
-            f"{p99:.2f}",
-            f"< {TARGET_RESERVE_P99_MS:g}" if target_applies else "",
-            p99 < TARGET_RESERVE_P99_MS if target_applies else None,
-        )
-        if concurrency > 1:
-            throughput = concurrency / statistics.mean(values)
-            row(f"Reserve calls/s, concurrency {concurrency}", f"{throughput:.0f}")
     old = measurements[0]
     for m in measurements:
         target_applies = m is not old
@@ -440,13 +506,46 @@ def table(
     for m in measurements:
         row(f"CPU µs/settlement, {m.run.label}: billing", f"{m.billing_cpu_us:.0f}")
         row(f"CPU µs/settlement, {m.run.label}: PostgreSQL", f"{m.postgres_cpu_us:.0f}")
+    return lines
+
+
+def table(
+    latency: dict[tuple[int, bool], list[float]],
+    reserve_problems: list[str],
+    measurements: list[SettleMeasurement],
+) -> str:
+    lines = [
+        f"{'metric':<{LABEL_WIDTH}}{'measured':>12}{'target':>12}{'':>6}",
+        "-" * (LABEL_WIDTH + 30),
+    ]
+
+    def row(label: str, value: str, target: str = "", ok: bool | None = None) -> None:
+        lines.append(table_row(label, value, target, ok))
+
+    for (concurrency, limits), values in latency.items():
+        p50, p99 = percentile(values, 50) * 1000, percentile(values, 99) * 1000
+        label = f"Reserve{' with limits' if limits else ''}"
+        row(f"{label} p50 ms, concurrency {concurrency} ({len(values)} calls)", f"{p50:.2f}")
+        target_applies = concurrency == 1
+        row(
+            f"{label} p99 ms, concurrency {concurrency}",
+            f"{p99:.2f}",
+            f"< {TARGET_RESERVE_P99_MS:g}" if target_applies else "",
+            p99 < TARGET_RESERVE_P99_MS if target_applies else None,
+        )
+        if concurrency > 1:
+            throughput = concurrency / statistics.mean(values)
+            row(f"{label} calls/s, concurrency {concurrency}", f"{throughput:.0f}")
     problems = reserve_problems + [p for m in measurements for p in m.problems]
+    if measurements:
+        lines.extend(settlement_rows(measurements))
     row("ledger check (I1-I8, exactly once, exact price)", "ok" if not problems else "FAILED")
     lines += [f"  ! {problem}" for problem in problems]
     return "\n".join(lines)
 
 
 def main() -> None:
+    options = BenchOptions.parse()
     configure_logging("bench", "warning", "console")
     print(
         f"billing bench: {os.cpu_count()} cores, PostgreSQL with fsync on, route {ROUTE},"
@@ -454,7 +553,7 @@ def main() -> None:
     )
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="regio-bench-billing-") as folder:
-        report = asyncio.run(run_bench(Path(folder), say=print))
+        report = asyncio.run(run_bench(Path(folder), say=print, options=options))
     print()
     print(report)
     print(

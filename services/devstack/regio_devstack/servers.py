@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
 import sys
 import warnings
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from regio_common.settings import PROJECT_ROOT
 from regio_devstack.processes import ManagedProcess, free_port, port_open
+
+# The production NATS configuration (one user per service, each allowed exactly its job): the
+# dev stack runs the same users, so a permission the services lack shows up under `make run`.
+BASE_NATS_CONF = PROJECT_ROOT / "deploy" / "k8s" / "base" / "nats.conf"
 
 
 def nats_server_binary() -> Path:
@@ -23,34 +30,152 @@ def nats_server_binary() -> Path:
     return Path(found)
 
 
-class NatsServer:
-    """A real nats-server with JetStream on, storing in `store_dir`."""
+def nats_password_variable(user: str) -> str:
+    """The environment variable a nats.conf reads the user's password from."""
+    return f"NATS_{user.upper()}_PASSWORD"
 
-    def __init__(self, store_dir: Path, port: int | None = None, host: str = "127.0.0.1") -> None:
+
+def nats_config_users(config: str) -> list[str]:
+    """The users a nats.conf declares, in order."""
+    return re.findall(r"^\s*user: (\w+)\s*$", config, flags=re.M)
+
+
+def _substitute_once(pattern: str, replacement: str, config: str, what: str) -> str:
+    changed, count = re.subn(pattern, replacement, config, flags=re.M | re.S)
+    if count != 1:
+        # The production file changed shape: fail loudly rather than run a different server.
+        raise ValueError(f"nats.conf: expected one {what}, found {count}")
+    return changed
+
+
+def _end_of_list(config: str, opening: int) -> int:
+    """Index of the `]` closing the list whose `[` is at `opening` (comments, strings skipped)."""
+    depth, index = 0, opening
+    while index < len(config):
+        char = config[index]
+        if char == "#":
+            index = config.find("\n", index)
+            if index == -1:
+                break
+        elif char == '"':
+            index = config.index('"', index + 1)
+        elif char == "[":
+            depth += 1
+        elif char == "]":
+            depth -= 1
+            if depth == 0:
+                return index
+        index += 1
+    raise ValueError("nats.conf: unbalanced users list")
+
+
+def single_node_nats_config(
+    production: str,
+    *,
+    host: str,
+    port: int,
+    store_dir: Path,
+    pid_file: Path,
+    monitoring_port: int | None = None,
+    server_name: str = "regio-dev",
+    full_access_users: Sequence[str] = (),
+) -> str:
+    """`production` (a clustered nats.conf) for one local server: its cluster block removed,
+    listening on host:port, storing in `store_dir`; users, permissions and JetStream limits as
+    shipped. `full_access_users` are added to the account without any permission list (for
+    operators and test harnesses, never for a service)."""
+    config = _substitute_once(r"^cluster \{.*?^\}\n", "", production, "top-level cluster block")
+    config = _substitute_once(
+        r"^server_name: .*?$", f"server_name: {server_name}", config, "server_name"
+    )
+    config = _substitute_once(r"^port: \d+$", f"port: {port}", config, "client port")
+    config = _substitute_once(
+        r"^(\s*)store_dir: .*?$", rf"\g<1>store_dir: {store_dir}", config, "store_dir"
+    )
+    config = _substitute_once(r"^pid_file: .*?$", f"pid_file: {pid_file}", config, "pid_file")
+    monitoring = f"http_port: {monitoring_port}" if monitoring_port else ""
+    config = _substitute_once(r"^http_port: \d+$", monitoring, config, "monitoring port")
+    if full_access_users:
+        users = re.search(r"^\s*users: \[", config, flags=re.M)
+        if users is None:
+            raise ValueError("nats.conf: no users list")
+        end = _end_of_list(config, users.end() - 1)
+        added = "".join(
+            "      {\n"
+            "        # Not in production: no permission list, so everything in the account.\n"
+            f"        user: {user}\n"
+            f"        password: ${nats_password_variable(user)}\n"
+            "      }\n"
+            for user in full_access_users
+        )
+        line_of_end = config.rfind("\n", 0, end) + 1
+        config = config[:line_of_end] + added + config[line_of_end:]
+    return f"# Generated from deploy/k8s/base/nats.conf by regio_devstack.\nhost: {host}\n{config}"
+
+
+class NatsServer:
+    """A real nats-server with JetStream on, storing in `store_dir`.
+
+    Without `config_from`, anyone may connect and do anything (what the integration fixtures
+    want). With it, the server runs that nats.conf on one node (`single_node_nats_config`) and
+    `passwords` gives every user of the file, plus any `full_access_users`, its password; they
+    reach the server through its environment, never through a file."""
+
+    def __init__(
+        self,
+        store_dir: Path,
+        port: int | None = None,
+        host: str = "127.0.0.1",
+        *,
+        config_from: Path | None = None,
+        passwords: Mapping[str, str] | None = None,
+        full_access_users: Sequence[str] = (),
+    ) -> None:
         self.host = host
         self.port = port or free_port()
         self.store_dir = store_dir
-        self.process = ManagedProcess(
-            "nats-server",
-            [
-                str(nats_server_binary()),
-                "--jetstream",
-                "--store_dir",
-                str(store_dir),
-                "--addr",
-                host,
-                "--port",
-                str(self.port),
-            ],
-            store_dir / "nats-server.log",
-        )
+        self.passwords = dict(passwords or {})
+        self.config_path: Path | None = None
+        argv = [str(nats_server_binary())]
+        env: dict[str, str] | None = None
+        if config_from is None:
+            if self.passwords or full_access_users:
+                raise ValueError("users need a configuration (config_from)")
+            argv += ["--jetstream", "--store_dir", str(store_dir)]
+            argv += ["--addr", host, "--port", str(self.port)]
+        else:
+            self.config_path = store_dir / "nats.conf"
+            self._config = single_node_nats_config(
+                config_from.read_text(),
+                host=host,
+                port=self.port,
+                store_dir=store_dir,
+                pid_file=store_dir / "nats.pid",
+                full_access_users=full_access_users,
+            )
+            users = nats_config_users(self._config)
+            if sorted(users) != sorted(self.passwords):
+                raise ValueError(f"passwords for {sorted(self.passwords)}, users are {users}")
+            argv += ["--config", str(self.config_path)]
+            env = {"PATH": os.environ.get("PATH", "")}
+            env.update({nats_password_variable(u): pw for u, pw in self.passwords.items()})
+        self.process = ManagedProcess("nats-server", argv, store_dir / "nats-server.log", env=env)
 
     @property
     def url(self) -> str:
+        """The server's address, without credentials."""
         return f"nats://{self.host}:{self.port}"
+
+    def url_for(self, user: str) -> str:
+        """The URL a client of `user` connects with (its password in it)."""
+        if user not in self.passwords:
+            raise KeyError(f"no NATS user {user!r} on this server")
+        return f"nats://{user}:{self.passwords[user]}@{self.host}:{self.port}"
 
     def start(self, timeout: float = 20.0) -> NatsServer:
         self.store_dir.mkdir(parents=True, exist_ok=True)
+        if self.config_path is not None:
+            self.config_path.write_text(self._config)  # passwords are variables in it
         self.process.start()
         self.process.wait_until(lambda: port_open(self.host, self.port), timeout, "client port")
         return self

@@ -14,7 +14,9 @@ class DevstackSettings(CatalogueSettings, RegioSettings):
         PROJECT_ROOT / ".regio", description="make run: where data, logs and the model live."
     )
     nats_url: str | None = Field(
-        None, description="make run: use this NATS server instead of starting one."
+        None,
+        description="make run: use this NATS server instead of starting one; every service "
+        "connects with this URL as it is (its credentials included).",
     )
     database_url: str | None = Field(
         None, description="make run: use this PostgreSQL instead of starting one."

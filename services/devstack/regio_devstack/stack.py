@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import sys
 import urllib.error
 import urllib.request
@@ -17,11 +16,19 @@ from pathlib import Path
 from typing import Any
 
 from regio_common.catalogue import Catalogue
+from regio_devstack.credentials import NATS_OPS_USER, StackCredentials, write_private
 from regio_devstack.processes import ManagedProcess, free_port, port_open
-from regio_devstack.servers import NatsServer, PostgresServer
+from regio_devstack.servers import BASE_NATS_CONF, NatsServer, PostgresServer
 from regio_worker.model_files import resolve_model_path
 
 DEMO_ACCOUNT = "demo"
+# The NATS user (deploy/k8s/base/nats.conf) each service module connects as.
+NATS_USER_OF_MODULE = {
+    "regio_gateway": "gateway",
+    "regio_worker": "worker",
+    "regio_billing": "billing",
+    "regio_dashboard": "dashboard",
+}
 
 
 @dataclass
@@ -37,7 +44,9 @@ class StackConfig:
     billing_metrics_port: int = 0
     dashboard_metrics_port: int = 0
     worker_metrics_port: int = 0
-    nats_url: str | None = None  # an existing server; None starts one
+    # An existing server, with the operator's credentials (every service gets this URL as it
+    # is); None starts one with a user per service.
+    nats_url: str | None = None
     database_url: str | None = None  # an existing server; None starts one
     models_dir: Path | None = None  # default: <data_dir>/models
     worker_country: str = "de"
@@ -63,9 +72,9 @@ class Stack:
         self.nats: NatsServer | None = None
         self.postgres: PostgresServer | None = None
         self.services: list[ManagedProcess] = []
-        self.nats_url = config.nats_url or ""
         self.database_url = config.database_url or ""
-        self.admin_token = self._admin_token()
+        self.credentials = StackCredentials.load_or_create(config.data_dir)
+        self.admin_token = self.credentials.admin_token
         # Service name -> port of its ops listener, for the services that serve one.
         self.ops_ports: dict[str, int] = {}
 
@@ -95,21 +104,37 @@ class Stack:
         worker's process name)."""
         return f"http://127.0.0.1:{self.ops_ports[service]}"
 
-    def _admin_token(self) -> str:
-        """Generated once per data folder, so a restarted stack keeps its admin credential."""
-        path = self.config.data_dir / "admin-token"
-        if path.exists():
-            return path.read_text().strip()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        token = "adm-" + secrets.token_urlsafe(24)
-        path.write_text(token)
-        path.chmod(0o600)
-        return token
+    def nats_url_for(self, user: str) -> str:
+        """The URL a client of NATS user `user` connects with, its password in it: a service's
+        user, or `ops` (full access; for tests, benches and debugging, never for a service).
+        With an existing server (StackConfig.nats_url), that URL whatever the user."""
+        if self.config.nats_url:
+            return self.config.nats_url
+        if self.nats is None:
+            raise RuntimeError("nats-server is not started")
+        return self.nats.url_for(user)
 
-    def service_env(self, **overrides: str) -> dict[str, str]:
+    def _secrets_env(self, module: str) -> dict[str, str]:
+        """The credentials of one service: its own NATS user, and only the secrets it uses."""
+        user = NATS_USER_OF_MODULE.get(module)
+        if user is None:
+            raise ValueError(f"{module} is not a Regio service: it has no NATS user")
+        credentials = self.credentials
+        env = {"REGIO_NATS_URL": self.nats_url_for(user)}
+        if user in credentials.billing_tokens:  # gateway and dashboard: billing's clients
+            env["REGIO_BILLING_TOKEN"] = credentials.billing_tokens[user]
+            env["REGIO_API_KEY_PEPPER"] = credentials.api_key_pepper
+        if user == "dashboard":
+            env["REGIO_ADMIN_TOKEN"] = credentials.admin_token
+        if user == "billing":
+            env["REGIO_BILLING_CLIENT_TOKENS"] = json.dumps(credentials.billing_tokens)
+        return env
+
+    def service_env(self, module: str, **overrides: str) -> dict[str, str]:
+        """The environment of service `module` (e.g. `regio_gateway`); `overrides` win."""
         env = {
             **os.environ,
-            "REGIO_NATS_URL": self.nats_url,
+            **self._secrets_env(module),
             "REGIO_DATABASE_URL": self.database_url,
             "REGIO_CATALOGUE_PATH": str(self.config.catalogue_path),
             "REGIO_BILLING_ADDRESS": self.billing_address,
@@ -121,7 +146,6 @@ class Stack:
             "REGIO_WORKER_METRICS_PORT": "0",  # set per worker by start_worker
             "REGIO_WORKER_METRICS_HOST": "127.0.0.1",
             "REGIO_DASHBOARD_PORT": str(self.config.dashboard_port),
-            "REGIO_ADMIN_TOKEN": self.admin_token,
             "REGIO_MODELS_DIR": str(self.models_dir),
             "REGIO_LOG_FORMAT": self.config.log_format,
             **self.config.extra_env,
@@ -138,7 +162,7 @@ class Stack:
             self.start_service("dashboard-api", "regio_dashboard")
             self._wait(self.services[-1], lambda: _http_ok(self.dashboard_url + "/health"))
             self.start_service("gateway", "regio_gateway")
-            self._wait(self.services[-1], lambda: _http_ok(self.gateway_url + "/health"))
+            self._wait(self.services[-1], self._gateway_ready)
             if not self.config.start_route_workers:
                 return
             self._prepare_models()
@@ -149,6 +173,12 @@ class Stack:
         except BaseException:
             self.stop()
             raise
+
+    def _gateway_ready(self) -> bool:
+        """Serving, and (when its ops listener is on) with every key and activation loaded."""
+        if not _http_ok(self.gateway_url + "/health"):
+            return False
+        return "gateway" not in self.ops_ports or _http_ok(self.ops_url("gateway") + "/ready")
 
     def _prepare_models(self) -> None:
         """Assemble packaged GGUF files before the workers start, so the wait is explained."""
@@ -164,10 +194,14 @@ class Stack:
 
     def _start_servers(self) -> None:
         data = self.config.data_dir
-        if not self.nats_url:
-            self.say("starting nats-server (JetStream) ...")
-            self.nats = NatsServer(data / "nats").start()
-            self.nats_url = self.nats.url
+        if not self.config.nats_url:
+            self.say("starting nats-server (JetStream, a user per service) ...")
+            self.nats = NatsServer(
+                data / "nats",
+                config_from=BASE_NATS_CONF,
+                passwords=self.credentials.nats_passwords,
+                full_access_users=(NATS_OPS_USER,),
+            ).start()
         if not self.database_url:
             first = not (data / "pg" / "PG_VERSION").exists()
             self.say("initialising PostgreSQL ..." if first else "starting PostgreSQL ...")
@@ -180,7 +214,7 @@ class Stack:
             name,
             [sys.executable, "-m", module],
             self.logs_dir / f"{name}.log",
-            env=self.service_env(**env),
+            env=self.service_env(module, **env),
         ).start()
         self.services.append(process)
         ops_port = self._ops_port_of(name, env)
@@ -248,22 +282,31 @@ class Stack:
 
     # -- demo account -------------------------------------------------------------------------
     def admin(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+        return self.admin_as(self.admin_token, method, path, body)
+
+    def admin_as(
+        self, token: str, method: str, path: str, body: dict[str, Any] | None = None
+    ) -> Any:
+        """A dashboard API call with `token` as the credential (RuntimeError unless 2xx)."""
         return _http_json(
             self.dashboard_url + path,
             method=method,
             body=body,
-            headers={"Authorization": f"Bearer {self.admin_token}"},
+            headers={"Authorization": f"Bearer {token}"},
         )
 
     def seed_demo(self) -> DemoAccount:
         """A demo account with credit, a key and every route activated where a worker runs.
 
-        The plaintext key is kept in the data folder, so the next start prints the same key."""
+        The plaintext key is kept in the data folder, so the next start prints the same key, as
+        long as the gateway still accepts it (a key hashed before the pepper existed is not:
+        then a new one is issued). Without the gateway's ops listener, the gateway may not have
+        loaded its keys yet, and the saved key may be replaced needlessly."""
         saved = self.config.data_dir / "demo.json"
         existing = self.admin("GET", f"/admin/v1/accounts?name={DEMO_ACCOUNT}")["data"]
         if existing and saved.exists():
             demo = DemoAccount(**json.loads(saved.read_text()))
-            if demo.account_id == existing[0]["id"]:
+            if demo.account_id == existing[0]["id"] and self.key_authenticates(demo.api_key):
                 return demo
         account_id = (
             existing[0]["id"]
@@ -287,9 +330,21 @@ class Stack:
                         "PUT", f"/admin/v1/accounts/{account_id}/activations/{route.name}/{region}"
                     )
         demo = DemoAccount(account_id=account_id, api_key=key)
-        saved.write_text(json.dumps({"account_id": account_id, "api_key": key}))
-        saved.chmod(0o600)
+        write_private(saved, json.dumps({"account_id": account_id, "api_key": key}))
         return demo
+
+    def key_authenticates(self, api_key: str) -> bool:
+        """Whether the gateway accepts `api_key` (GET /v1/models: 200, or 401/403)."""
+        request = urllib.request.Request(
+            self.gateway_url + "/v1/models", headers={"Authorization": f"Bearer {api_key}"}
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                return bool(response.status == 200)
+        except urllib.error.HTTPError as error:
+            if error.code in (401, 403):
+                return False
+            raise RuntimeError(f"GET /v1/models: {error.code} {error.read().decode()}") from None
 
 
 def _http_json(

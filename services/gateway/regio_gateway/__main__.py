@@ -10,14 +10,14 @@ from aiohttp import web
 from regio_common.logging import configure_logging
 from regio_common.ops_server import OpsServer, nats_check
 from regio_gateway.app import build_app, build_state, close_state
+from regio_gateway.edge_server import make_runner
 from regio_gateway.settings import GatewaySettings
 
 
 async def serve(settings: GatewaySettings) -> None:
     log = configure_logging("gateway", settings.log_level, settings.log_format)
     state = await build_state(settings)
-    # handler_cancellation: a client that disconnects cancels its request (and its generation).
-    runner = web.AppRunner(build_app(state), handler_cancellation=True, access_log=None)
+    runner = make_runner(build_app(state), settings)
     await runner.setup()
     site = web.TCPSite(runner, settings.gateway_host, settings.gateway_port)
     await site.start()

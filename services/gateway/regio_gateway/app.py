@@ -12,7 +12,10 @@ from regio_common.config_records import config_bucket
 from regio_common.http_middleware import transaction_middleware
 from regio_common.nats_connection import connect_nats
 from regio_common.subjects import HEARTBEAT_WILDCARD
+from regio_gateway.auth_throttle import auth_throttle_middleware
 from regio_gateway.billing_client import BillingClient
+from regio_gateway.client_address import request_client_address
+from regio_gateway.concurrency_limits import concurrency_middleware
 from regio_gateway.config_store import ConfigStore
 from regio_gateway.dispatch import Dispatcher
 from regio_gateway.handlers.chat_completions import create_chat_completion
@@ -39,16 +42,24 @@ async def build_state(settings: GatewaySettings) -> GatewayState:
             log.warning("bad_heartbeat", subject=msg.subject)
 
     await nc.subscribe(HEARTBEAT_WILDCARD, cb=on_heartbeat)
-    config = ConfigStore()
+    if not settings.api_key_pepper:
+        log.warning(
+            "api_key_pepper_missing",
+            detail="REGIO_API_KEY_PEPPER is empty: API keys are hashed without a pepper",
+        )
+    config = ConfigStore(pepper=settings.api_key_pepper)
     await config.start(await config_bucket(nc.jetstream(), settings.nats_stream_replicas))
-    return GatewayState(
-        settings=settings,
+    return GatewayState.with_edge_protections(
+        settings,
         catalogue=catalogue,
         nats=nc,
         config=config,
         workers=registry,
         billing=BillingClient(
-            settings.billing_address, settings.billing_timeout_seconds, metrics=metrics
+            settings.billing_address,
+            settings.billing_timeout_seconds,
+            token=settings.billing_token,
+            metrics=metrics,
         ),
         dispatcher=Dispatcher(
             nc,
@@ -74,13 +85,20 @@ def build_app(state: GatewayState) -> web.Application:
     def region_of(request: web.Request) -> str:
         return endpoint_region(request, state.catalogue, state.settings.default_region)
 
+    def address_of(request: web.Request) -> str:
+        return request_client_address(request, state.settings.trusted_proxy_hops)
+
     app = web.Application(
         # Request metrics outermost, so that they count the error responses the transaction
-        # middleware renders; refusals innermost, where the error itself is still visible.
+        # middleware renders; refusals inside, where the error itself is still visible; then the
+        # edge protections, whose refusals are counted too: failed-auth throttling first (a
+        # throttled address takes no concurrency slot), then the in-flight limits.
         middlewares=[
             state.metrics.middleware(region_of),
             transaction_middleware,
             state.metrics.refusal_middleware(),
+            auth_throttle_middleware(state.auth_throttle, address_of, state.metrics),
+            concurrency_middleware(state.in_flight, address_of),
         ],
         client_max_size=state.settings.max_body_bytes * 2,
     )

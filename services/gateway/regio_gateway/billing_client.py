@@ -11,9 +11,11 @@ import structlog
 
 from regio.billing.v1 import billing_pb2
 from regio_common.billing_rpc import BillingRpcClient
+from regio_common.config_records import UsageLimits
 from regio_common.errors import BillingUnavailable, InsufficientBudget, ModelNotFound
 from regio_common.ops_server import NotReady
 from regio_gateway.metrics import GatewayMetrics
+from regio_gateway.rate_limits import LimitRefusal, limits_to_proto
 
 log = structlog.get_logger()
 
@@ -22,8 +24,10 @@ READY_CHECK_SECONDS = 1.5
 
 
 class BillingClient(BillingRpcClient):
-    def __init__(self, address: str, timeout_seconds: float, *, metrics: GatewayMetrics) -> None:
-        super().__init__(address, timeout_seconds)
+    def __init__(
+        self, address: str, timeout_seconds: float, *, token: str, metrics: GatewayMetrics
+    ) -> None:
+        super().__init__(address, timeout_seconds, token=token)
         self._metrics = metrics
 
     async def check_reachable(self) -> None:
@@ -46,7 +50,13 @@ class BillingClient(BillingRpcClient):
         max_prompt_tokens: int,
         max_completion_tokens: int,
         ttl_seconds: int,
+        key_id: str,
+        key_limits: UsageLimits,
+        account_limits: UsageLimits,
     ) -> billing_pb2.ReserveResponse:
+        """Holds credit, or raises: InsufficientBudget, ModelNotFound, LimitRefusal (a limit of
+        the key or account, 429), BillingUnavailable. The response's `headroom` (when set)
+        feeds the x-ratelimit-* headers."""
         request = billing_pb2.ReserveRequest(
             transaction_id=transaction_id,
             account_id=account_id,
@@ -55,6 +65,9 @@ class BillingClient(BillingRpcClient):
             max_prompt_tokens=max_prompt_tokens,
             max_completion_tokens=max_completion_tokens,
             ttl_seconds=ttl_seconds,
+            key_id=key_id,
+            key_limits=limits_to_proto(key_limits),
+            account_limits=limits_to_proto(account_limits),
         )
         try:
             response: billing_pb2.ReserveResponse = await self._stub.Reserve(
@@ -72,6 +85,9 @@ class BillingClient(BillingRpcClient):
                 f"(max_tokens={max_completion_tokens}). Top up credits or lower max_tokens.",
                 param="max_tokens",
             )
+        if response.outcome == billing_pb2.RESERVE_OUTCOME_LIMITED:
+            headroom = response.headroom if response.HasField("headroom") else None
+            raise LimitRefusal(response.limit, headroom)
         if response.outcome == billing_pb2.RESERVE_OUTCOME_UNKNOWN_ROUTE:
             raise ModelNotFound(f"The model '{route}' does not exist.", param="model")
         if response.outcome != billing_pb2.RESERVE_OUTCOME_HELD:

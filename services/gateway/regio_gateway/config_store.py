@@ -1,4 +1,5 @@
-"""In-memory view of API keys and activations, kept fresh by watching the NATS KV bucket."""
+"""In-memory view of API keys, accounts' limits and activations, kept fresh by watching the NATS
+KV bucket."""
 
 from __future__ import annotations
 
@@ -9,9 +10,15 @@ import structlog
 from nats.js.kv import KeyValue
 from pydantic import ValidationError
 
-from regio_common.config_records import ActivationRecord, ApiKeyRecord, hash_api_key
+from regio_common.config_records import (
+    AccountRecord,
+    ActivationRecord,
+    ApiKeyRecord,
+    UsageLimits,
+    hash_api_key,
+)
 from regio_common.ops_server import NotReady
-from regio_common.subjects import ACTIVATION_PREFIX, API_KEY_PREFIX
+from regio_common.subjects import ACCOUNT_PREFIX, ACTIVATION_PREFIX, API_KEY_PREFIX
 
 log = structlog.get_logger()
 
@@ -19,17 +26,25 @@ log = structlog.get_logger()
 class ConfigStore:
     """Answers "whose key is this?" and "is this route activated here?" without a network hop."""
 
-    def __init__(self) -> None:
+    def __init__(self, pepper: str) -> None:
+        # The bucket holds keyed hashes only: a presented key is hashed with the same pepper.
+        self._pepper = pepper
         self._keys: dict[str, ApiKeyRecord] = {}
+        self._accounts: dict[str, AccountRecord] = {}
         self._activations: dict[tuple[str, str, str], ActivationRecord] = {}
         self.synced = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
     def account_for_key(self, api_key: str) -> ApiKeyRecord | None:
-        record = self._keys.get(hash_api_key(api_key))
+        record = self._keys.get(hash_api_key(api_key, self._pepper))
         if record is None or record.status != "active":
             return None
         return record
+
+    def account_limits(self, account_id: str) -> UsageLimits:
+        """The account's limits; an account without an entry has none."""
+        record = self._accounts.get(account_id)
+        return record.limits if record is not None else UsageLimits()
 
     async def check_synced(self) -> None:
         """Readiness: keys and activations were read from the bucket (else every key fails)."""
@@ -51,6 +66,11 @@ class ConfigStore:
                     self._keys.pop(rest, None)
                 else:
                     self._keys[rest] = ApiKeyRecord.model_validate_json(value)
+            elif kind == ACCOUNT_PREFIX:
+                if deleted or not value:
+                    self._accounts.pop(rest, None)
+                else:
+                    self._accounts[rest] = AccountRecord.model_validate_json(value)
             elif kind == ACTIVATION_PREFIX:
                 account_id, _, route_region = rest.partition(".")
                 route, _, region = route_region.partition(".")

@@ -14,15 +14,19 @@ from aiohttp.typedefs import Middleware
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from regio_common.errors import (
-    AuthenticationFailed,
     BillingUnavailable,
     ClientError,
     InsufficientBudget,
     ModelNotFound,
+    RateLimited,
     RegioError,
     RegionMismatch,
     ServiceUnavailable,
+    TooManyRequests,
 )
+from regio_gateway.auth import is_authentication_failure
+from regio_gateway.concurrency_limits import SERVER_BUSY
+from regio_gateway.handlers.body import RequestTimeout
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 RegionOf = Callable[[web.Request], str]
@@ -35,19 +39,20 @@ REFUSAL_REASONS = (
     "model_not_found",
     "region_mismatch",
     "no_worker",
-    "rate_limited",
+    "rate_limit_exceeded",  # a limit of the key or account (requests, tokens, spend, ...)
+    "too_many_requests",  # edge protections: failed-auth throttling, per-client concurrency
+    "server_busy",  # the gateway process is at its concurrency limit
+    "request_timeout",  # the body did not arrive in time
     "upstream_error",
 )
 DEPENDENCIES = ("nats", "billing")
-# The missing-key answer is a 400 invalid_value naming this param (the seed's table).
-AUTHORIZATION_PARAM = "Authorization"
 
 
 def refusal_reason(error: RegioError | web.HTTPException) -> str:
     """The contract's reason for an error answered to a client."""
     if isinstance(error, web.HTTPException):  # unknown URL, wrong method, ...
         return "invalid_request" if error.status < 500 else "upstream_error"
-    if isinstance(error, AuthenticationFailed) or error.param == AUTHORIZATION_PARAM:
+    if is_authentication_failure(error):
         return "authentication"
     if isinstance(error, InsufficientBudget):
         return "insufficient_budget"
@@ -55,8 +60,14 @@ def refusal_reason(error: RegioError | web.HTTPException) -> str:
         return "model_not_found"
     if isinstance(error, RegionMismatch):
         return "region_mismatch"
-    if error.status == 429:
-        return "rate_limited"
+    if isinstance(error, RateLimited):
+        return "rate_limit_exceeded"
+    if isinstance(error, TooManyRequests):
+        return "too_many_requests"
+    if isinstance(error, RequestTimeout):
+        return "request_timeout"
+    if error.code == SERVER_BUSY:
+        return "server_busy"
     if isinstance(error, ClientError):
         return "invalid_request"
     if isinstance(error, ServiceUnavailable) and not isinstance(error, BillingUnavailable):
@@ -99,6 +110,12 @@ class GatewayMetrics:
             ["reason"],
             registry=self.registry,
         )
+        self.auth_failures = Counter(
+            "regio_gateway_auth_failures",
+            "Failed key checks (missing, unknown or revoked keys); per client address in the "
+            "gateway's log, never here.",
+            registry=self.registry,
+        )
         self.dependency_errors = Counter(
             "regio_gateway_dependency_errors",
             "Failed calls to a dependency (nats, billing).",
@@ -120,6 +137,9 @@ class GatewayMetrics:
 
     def refused(self, error: RegioError | web.HTTPException) -> None:
         self.refusals.labels(refusal_reason(error)).inc()
+
+    def auth_failed(self) -> None:
+        self.auth_failures.inc()
 
     def dependency_failed(self, dependency: str) -> None:
         self.dependency_errors.labels(dependency).inc()

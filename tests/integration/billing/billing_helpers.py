@@ -99,7 +99,9 @@ class RunningBilling:
         return self.app.ledger
 
 
-def billing_settings(database_url: str, nats_url: str) -> BillingSettings:
+def billing_settings(
+    database_url: str, nats_url: str, client_tokens: dict[str, str] | None = None
+) -> BillingSettings:
     return BillingSettings(
         database_url=database_url,
         nats_url=nats_url,
@@ -107,14 +109,19 @@ def billing_settings(database_url: str, nats_url: str) -> BillingSettings:
         hold_sweep_interval_seconds=0.2,
         database_pool_size=12,
         log_level="warning",
+        billing_client_tokens=client_tokens or {},
     )
 
 
 @contextlib.asynccontextmanager
-async def running_billing(database_url: str, nats_url: str) -> AsyncIterator[RunningBilling]:
-    """A started billing service with a gRPC stub; the ledger invariants must hold at the end."""
+async def running_billing(
+    database_url: str, nats_url: str, client_tokens: dict[str, str] | None = None
+) -> AsyncIterator[RunningBilling]:
+    """A started billing service with a gRPC stub (sending no credentials); the ledger
+    invariants must hold at the end. `client_tokens` turns billing's authentication on."""
     # A short pull wait: every stop waits for the pull in progress.
-    app = BillingApp(billing_settings(database_url, nats_url), usage_fetch_wait_seconds=0.2)
+    settings = billing_settings(database_url, nats_url, client_tokens)
+    app = BillingApp(settings, usage_fetch_wait_seconds=0.2)
     await app.start()
     channel = grpc.aio.insecure_channel(app.address)
     try:

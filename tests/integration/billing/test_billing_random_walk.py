@@ -38,8 +38,21 @@ class Hold:
     account: str
     amount: int
     prices: Prices
+    max_prompt_tokens: int
+    max_completion_tokens: int
     status: str = "open"
     charged: int | None = None
+
+    def charge_for(self, prompt: int, completion: int, billable: bool) -> int:
+        """Usage beyond the hold's token bounds is clamped to them, so never costs more."""
+        if not billable:
+            return 0
+        return request_cost_nano(
+            min(prompt, self.max_prompt_tokens),
+            min(completion, self.max_completion_tokens),
+            self.prices.input_price_nano,
+            self.prices.output_price_nano,
+        )
 
 
 @dataclass
@@ -147,7 +160,7 @@ class Walk:
         )
         if amount <= self.model.available(account):
             assert (result.outcome, result.held_nano) == (ReserveOutcome.HELD, amount)
-            self.model.holds[transaction] = Hold(account, amount, prices)
+            self.model.holds[transaction] = Hold(account, amount, prices, prompt, completion)
             self.model.held[account] += amount
         else:
             assert result.outcome == ReserveOutcome.INSUFFICIENT_FUNDS
@@ -159,10 +172,7 @@ class Walk:
         hold = self.model.holds[transaction]
         prompt, completion = self.rng.randint(0, 2_500), self.rng.randint(0, 2_500)
         billable = self.rng.random() < 0.9
-        cost = request_cost_nano(
-            prompt, completion, hold.prices.input_price_nano, hold.prices.output_price_nano
-        )
-        expected = min(cost, hold.amount) if billable else 0
+        expected = hold.charge_for(prompt, completion, billable)
         result = await self.ledger.settle(transaction, prompt, completion, billable)
         assert (result.charged_nano, result.already_settled) == (expected, False)
         hold.status, hold.charged = "settled", expected

@@ -186,7 +186,7 @@ class LedgerMachine(RuleBasedStateMachine):
         )
         if amount <= self.model.available(owner):
             assert (result.outcome, result.held_nano) == (ReserveOutcome.HELD, amount)
-            self.model.holds[transaction] = Hold(owner, amount, prices)
+            self.model.holds[transaction] = Hold(owner, amount, prices, prompt, completion)
             self.model.held[owner] += amount
         else:
             assert result.outcome == ReserveOutcome.INSUFFICIENT_FUNDS
@@ -218,10 +218,7 @@ class LedgerMachine(RuleBasedStateMachine):
         if hold.status == "released":
             expected = 0  # the hold stays released; the zero settlement absorbs repeats
         else:
-            cost = request_cost_nano(
-                prompt, completion, hold.prices.input_price_nano, hold.prices.output_price_nano
-            )
-            expected = min(cost, hold.amount) if billable else 0
+            expected = hold.charge_for(prompt, completion, billable)
             self.model.held[hold.account] -= hold.amount
             self.model.consume(hold.account, expected)
             hold.status = "settled"

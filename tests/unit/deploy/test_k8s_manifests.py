@@ -39,7 +39,9 @@ REGIONS = catalogue_regions()
 CATALOGUE = tomllib.loads((BASE / "catalogue.production.toml").read_text())
 KUBERNETES_VERSION = "1.32"  # the oldest API the manifests must pass (Debian's kubectl 1.32)
 # Variables whose value is a credential (or a URL carrying one).
-SENSITIVE = re.compile(r"(_TOKEN|PASSWORD|SECRET|DATABASE_URL|NATS_URL|_KEY|CREDENTIALS?)$", re.I)
+SENSITIVE = re.compile(
+    r"(_TOKENS?|PASSWORD|SECRET|DATABASE_URL|NATS_URL|_KEY|_PEPPER|CREDENTIALS?)$", re.I
+)
 CREDENTIALS_IN_URL = re.compile(r"://[^/\s:@]+:[^/\s@]+@")
 CRD_KINDS = {"Cluster", "PrometheusRule"}
 
@@ -77,6 +79,20 @@ DEFAULT_IS_RIGHT_IN_PRODUCTION: dict[str, dict[str, str]] = {
     },
 }
 NATS_USERS = {"gateway": "gateway", "billing": "billing", "dashboard-api": "dashboard"}
+# Credentials other than NATS's and PostgreSQL's: service → variable → (Secret, key).
+SERVICE_SECRETS: dict[str, dict[str, tuple[str, str]]] = {
+    "gateway": {
+        "REGIO_API_KEY_PEPPER": ("regio-api-keys", "pepper"),
+        "REGIO_BILLING_TOKEN": ("regio-billing-auth", "gateway-token"),
+    },
+    "dashboard-api": {
+        "REGIO_ADMIN_TOKEN": ("regio-admin", "token"),
+        "REGIO_API_KEY_PEPPER": ("regio-api-keys", "pepper"),
+        "REGIO_BILLING_TOKEN": ("regio-billing-auth", "dashboard-token"),
+    },
+    "billing": {"REGIO_BILLING_CLIENT_TOKENS": ("regio-billing-auth", "client-tokens")},
+    "worker": {},
+}
 
 
 def service_of(workload: Object) -> str | None:
@@ -371,11 +387,17 @@ def test_k8s07_credentials_come_from_the_documented_secrets(
                 "name": "regio-postgres-app",
                 "key": "uri",
             }, container.label
-    dashboard = next(c for c in rendered.containers() if c.label.endswith("dashboard-api"))
-    assert dashboard.env_value("REGIO_ADMIN_TOKEN") == {
-        "name": "REGIO_ADMIN_TOKEN",
-        "valueFrom": {"secretKeyRef": {"name": "regio-admin", "key": "token"}},
-    }
+    for service, _, container in regio_containers(rendered):
+        expected = SERVICE_SECRETS[service]
+        for name, (secret, key) in expected.items():
+            assert container.env_value(name) == {
+                "name": name,
+                "valueFrom": {"secretKeyRef": {"name": secret, "key": key}},
+            }, container.label
+        # and no other service holds them
+        others = {n for s, names in SERVICE_SECRETS.items() if s != service for n in names}
+        for name in others - set(expected):
+            assert container.env_value(name) is None, f"{container.label}: {name}"
     (nats,) = rendered.containers([rendered.get("StatefulSet", "nats")])
     for user in ("gateway", "worker", "billing", "dashboard"):
         variable = nats.env_value(f"NATS_{user.upper()}_PASSWORD")
@@ -534,6 +556,13 @@ def test_k8s11_ingress_streams_and_outwaits_the_gateway(
     assert float(env["REGIO_INTER_CHUNK_TIMEOUT_SECONDS"]["value"]) < read_timeout
     body = annotations["nginx.ingress.kubernetes.io/proxy-body-size"]
     assert int(env["REGIO_MAX_BODY_BYTES"]["value"]) == quantity(body.replace("m", "Mi"))
+    # Behind exactly one proxy (the Ingress, which appends the peer to X-Forwarded-For): with 0
+    # every client would be the Ingress, and one key guesser would throttle them all; with 2 a
+    # client could name any address it likes.
+    assert env["REGIO_TRUSTED_PROXY_HOPS"]["value"] == "1"
+    # An idle upstream connection is closed by the Ingress (ingress-nginx: after 60 s) before
+    # the gateway closes it, so the Ingress never sends a request on a closing connection.
+    assert float(env["REGIO_KEEPALIVE_TIMEOUT_SECONDS"]["value"]) > 60
 
 
 # --- K8S12: high availability -----------------------------------------------------------------

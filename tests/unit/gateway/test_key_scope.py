@@ -14,7 +14,7 @@ from regio_gateway.handlers.routing import resolve_activation
 
 
 def store_with(*regions: str) -> ConfigStore:
-    store = ConfigStore()
+    store = ConfigStore(pepper="")
     for region in regions:
         record = ActivationRecord(account_id="a1", route="liv", region=region, created=1)
         store.apply(

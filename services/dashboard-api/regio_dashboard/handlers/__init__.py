@@ -11,6 +11,7 @@ from regio_dashboard.handlers import (
     audit,
     catalogue,
     credits,
+    limits,
     management_tokens,
 )
 from regio_dashboard.handlers.common import health
@@ -39,6 +40,10 @@ def add_routes(app: web.Application) -> None:
     router.add_post(ACCOUNT + "/keys", api_keys.create_key)
     router.add_get(ACCOUNT + "/keys", api_keys.list_keys)
     router.add_delete(ACCOUNT + "/keys/{key_id}", api_keys.revoke_key)
+    router.add_get(ACCOUNT + "/limits", limits.get_account_limits)
+    router.add_put(ACCOUNT + "/limits", limits.put_account_limits)
+    router.add_get(ACCOUNT + "/keys/{key_id}/limits", limits.get_key_limits)
+    router.add_put(ACCOUNT + "/keys/{key_id}/limits", limits.put_key_limits)
     router.add_get(ACCOUNT + "/activations", activations.list_activations)
     router.add_put(ACCOUNT + "/activations/{route}/{region}", activations.put_activation)
     router.add_delete(ACCOUNT + "/activations/{route}/{region}", activations.cancel_activation)

@@ -101,7 +101,7 @@ async def _set_status(request: web.Request, status: str) -> web.Response:
     updated: Account | None = await state.store.set_account_status(account.account_id, status)
     if updated is None:
         raise NotFound("No such account.", param="account_id")
-    await state.projection.sync_account_keys(account.account_id)
+    await state.projection.sync_account(account.account_id)
     return respond(AccountOut.of(updated))
 
 

@@ -38,7 +38,7 @@ async def create_key(request: web.Request) -> web.Response:
     body: CreateApiKey = CreateApiKey.parse(await json_body(request))
     check_scope(state.catalogue, body.activations)
     key, plaintext = await state.store.create_api_key(account.account_id, body.activations)
-    await state.projection.sync_account_keys(account.account_id)
+    await state.projection.sync_account(account.account_id)
     created = CreatedApiKey(**ApiKeyOut.of(key).model_dump(), key=plaintext)
     return respond(created, status=201)
 
@@ -68,5 +68,5 @@ async def revoke_key(request: web.Request) -> web.Response:
     key = await state.store.revoke_api_key(account.account_id, request.match_info["key_id"])
     if key is None:
         raise NotFound("No such API key.", param="key_id")
-    await state.projection.sync_account_keys(account.account_id)
+    await state.projection.sync_account(account.account_id)
     return respond(ApiKeyOut.of(key))

@@ -65,6 +65,14 @@ async def account_in_scope(
 ) -> tuple[DashboardState, Account]:
     """The account of the URL, if the caller may manage it: the admin any account, an owner
     only their own (any other answers 404, like an account that does not exist)."""
+    who, account = await caller_in_account(request, admin_only=admin_only)
+    return who.state, account
+
+
+async def caller_in_account(
+    request: web.Request, *, admin_only: bool = False
+) -> tuple[Caller, Account]:
+    """`account_in_scope`, for handlers that also need to know who called."""
     who = await caller(request)
     if admin_only:
         who.principal.require_admin()
@@ -73,7 +81,7 @@ async def account_in_scope(
     account = await who.state.store.get_account(account_id)
     if account is None:
         raise NotFound("No such account.", param="account_id")
-    return who.state, account
+    return who, account
 
 
 async def json_body(request: web.Request) -> object:

@@ -1,19 +1,22 @@
 """`POST /v1/chat/completions`: authenticate, validate, hold credit, dispatch, answer.
 
 Credit safety: the hold is released here whenever no worker took the request, or the worker
-went silent; once a worker accepted it, the worker's usage record settles the hold."""
+went silent; once a worker accepted it, the worker's usage record settles the hold (also when
+the gateway cancels the generation: client gone, or a streaming client that stopped reading)."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import time
+from collections.abc import Awaitable
 
 import structlog
 from aiohttp import web
 
 from regio.inference.v1 import inference_pb2
 from regio_common.catalogue import Route
+from regio_common.config_records import ApiKeyRecord, UsageLimits
 from regio_common.errors import (
     CONTEXT_LENGTH_EXCEEDED,
     INVALID_RESPONSE_FORMAT,
@@ -25,10 +28,11 @@ from regio_common.errors import (
     ServiceUnavailable,
     UpstreamTimeout,
 )
-from regio_common.http_middleware import TRANSACTION_HEADER, TRANSACTION_KEY
-from regio_gateway.auth import API_KEY_RECORD, authenticate
+from regio_common.http_middleware import TRANSACTION_HEADER, TRANSACTION_KEY, response_headers
+from regio_gateway.auth import authenticate
 from regio_gateway.dispatch import WorkerStream
 from regio_gateway.handlers.body import read_json_body
+from regio_gateway.handlers.request_limits import check_request_counts
 from regio_gateway.handlers.routing import resolve_activation
 from regio_gateway.protocol.chat_completion import (
     FINISH_REASONS,
@@ -41,6 +45,7 @@ from regio_gateway.protocol.chat_completion import (
     ChunkChoice,
     CompletionUsage,
 )
+from regio_gateway.rate_limits import LimitRefusal, rate_limit_headers
 from regio_gateway.regions import endpoint_region
 from regio_gateway.state import STATE_KEY, GatewayState
 
@@ -53,14 +58,22 @@ async def create_chat_completion(request: web.Request) -> web.StreamResponse:
     state = request.app[STATE_KEY]
     key = authenticate(request, state.config)
     structlog.contextvars.bind_contextvars(account_id=key.account_id)
-    body = ChatCompletionRequest.parse(await read_json_body(request, state.settings.max_body_bytes))
-    if len(body.messages) > state.settings.max_messages:
-        raise InvalidRequest(
-            f"Too many messages: at most {state.settings.max_messages} are accepted.",
-            param="messages",
-        )
+    account_limits = state.config.account_limits(key.account_id)
+    # A key or account billing refused for its limit a moment ago is refused here, without a
+    # billing call, until the refused window resets (see deny_cache).
+    remembered = state.deny_cache.refusal_for(key, account_limits)
+    if remembered is not None:
+        response_headers(request).update(rate_limit_headers(remembered.headroom))
+        raise remembered
+    payload = await read_json_body(
+        request, state.settings.max_body_bytes, state.settings.body_read_timeout_seconds
+    )
+    body = ChatCompletionRequest.parse(payload)
+    check_request_counts(body, state.settings)
     region = endpoint_region(request, state.catalogue, state.settings.default_region)
-    route, stream = await _dispatch_first_available(request, state, body, key.account_id, region)
+    route, stream = await _dispatch_first_available(
+        request, state, body, key, account_limits, region
+    )
     transaction_id: str = request[TRANSACTION_KEY]
     log.info("dispatched", route=route.name, region=region, country=stream.country)
     try:
@@ -84,7 +97,8 @@ async def _dispatch_first_available(
     request: web.Request,
     state: GatewayState,
     body: ChatCompletionRequest,
-    account_id: str,
+    key: ApiKeyRecord,
+    account_limits: UsageLimits,
     region: str,
 ) -> tuple[Route, WorkerStream]:
     """Hold credit and hand the request to a worker, trying `model`, then each of `models`.
@@ -92,7 +106,9 @@ async def _dispatch_first_available(
     Each attempt that holds credit gets its own transaction id (`<id>`, `<id>-2`, …), so that a
     released hold is never confused with the next one; the id of the attempt that is served
     becomes the response's `x-transaction-id`. When every candidate fails, the error of the
-    first one is returned."""
+    first one is returned. A limit of the key or account refuses at once: the fallbacks would
+    meet the same limits."""
+    account_id = key.account_id
     first_error: RegioError | None = None
     base_id: str = request[TRANSACTION_KEY]
     holds = 0
@@ -104,39 +120,49 @@ async def _dispatch_first_available(
                 account_id,
                 model,
                 region,
-                request.get(API_KEY_RECORD),
+                key,
             )
             body.check_supported(route)
             transaction_id = base_id if holds == 0 else f"{base_id}-{holds + 1}"
             request[TRANSACTION_KEY] = transaction_id
             structlog.contextvars.bind_contextvars(transaction_id=transaction_id)
-            await state.billing.reserve(
-                transaction_id=transaction_id,
-                account_id=account_id,
-                route=route.name,
-                region=region,
-                max_prompt_tokens=body.prompt_token_bound(),
-                max_completion_tokens=body.output_limit(route),
-                ttl_seconds=state.settings.hold_ttl_seconds,
-            )
-            holds += 1
-            inference = body.to_inference_request(
-                transaction_id=transaction_id,
-                account_id=account_id,
-                route=route,
-                region=region,
-                free_system_prompt=activation.free_system_prompt,
-                deadline_unix_ms=int(
-                    (time.time() + state.settings.dispatch_timeout_seconds) * 1000
-                ),
-            )
             try:
+                held = await state.billing.reserve(
+                    transaction_id=transaction_id,
+                    account_id=account_id,
+                    route=route.name,
+                    region=region,
+                    max_prompt_tokens=body.prompt_token_bound(),
+                    max_completion_tokens=body.output_limit(route),
+                    ttl_seconds=state.settings.hold_ttl_seconds,
+                    key_id=key.key_id,
+                    key_limits=key.limits,
+                    account_limits=account_limits,
+                )
+            except LimitRefusal as refusal:
+                state.deny_cache.remember(refusal, key, account_limits)
+                response_headers(request).update(rate_limit_headers(refusal.headroom))
+                raise
+            if held.HasField("headroom"):
+                response_headers(request).update(rate_limit_headers(held.headroom))
+            holds += 1
+            try:
+                inference = body.to_inference_request(
+                    transaction_id=transaction_id,
+                    account_id=account_id,
+                    route=route,
+                    region=region,
+                    free_system_prompt=activation.free_system_prompt,
+                    deadline_unix_ms=int(
+                        (time.time() + state.settings.dispatch_timeout_seconds) * 1000
+                    ),
+                )
                 stream = await state.dispatcher.open(inference, state.catalogue.countries(region))
             except BaseException:
                 await state.billing.release(transaction_id, "not dispatched")
                 raise
             return route, stream
-        except BillingUnavailable:
+        except (BillingUnavailable, LimitRefusal):
             raise  # no other model can be served either
         except (ClientError, ServiceUnavailable) as error:
             log.info("candidate_failed", model=model, code=error.code)
@@ -215,6 +241,32 @@ def _sse(data: str) -> bytes:
     return f"data: {data}\n\n".encode()
 
 
+class _StalledReader(Exception):
+    """The client stopped taking the stream's bytes for longer than the write timeout."""
+
+
+class _StreamWriter:
+    """Writes of one SSE response, each within the stream write timeout: a write waits only
+    when the connection's buffers are full, that is when the client has stopped reading."""
+
+    def __init__(self, response: web.StreamResponse, timeout_seconds: float) -> None:
+        self._response = response
+        self._timeout = timeout_seconds
+
+    async def write(self, data: bytes) -> None:
+        await self._within_timeout(self._response.write(data))
+
+    async def write_eof(self) -> None:
+        await self._within_timeout(self._response.write_eof())
+
+    async def _within_timeout(self, write: Awaitable[None]) -> None:
+        try:
+            async with asyncio.timeout(self._timeout):
+                await write
+        except TimeoutError:
+            raise _StalledReader from None
+
+
 async def _stream_answer(
     request: web.Request,
     state: GatewayState,
@@ -225,6 +277,7 @@ async def _stream_answer(
 ) -> web.StreamResponse:
     response = web.StreamResponse(
         headers={
+            **response_headers(request),
             "Content-Type": "text/event-stream",
             "Cache-Control": "no-cache",
             TRANSACTION_HEADER: request[TRANSACTION_KEY],
@@ -232,6 +285,32 @@ async def _stream_answer(
         }
     )
     await response.prepare(request)
+    writer = _StreamWriter(response, state.settings.stream_write_timeout_seconds)
+    try:
+        await _stream_events(request, state, body, model, stream, timing, writer)
+    except _StalledReader:
+        # The worker slot must not wait for this client: stop the generation (its usage record
+        # settles what was generated), then drop the connection, whose buffers are full.
+        log.warning(
+            "client_stalled",
+            stream_write_timeout_seconds=state.settings.stream_write_timeout_seconds,
+        )
+        await stream.cancel()
+        await stream.close()
+        if request.transport is not None:
+            request.transport.abort()
+    return response
+
+
+async def _stream_events(
+    request: web.Request,
+    state: GatewayState,
+    body: ChatCompletionRequest,
+    model: str,
+    stream: WorkerStream,
+    timing: _FirstToken,
+    writer: _StreamWriter,
+) -> None:
     created = int(time.time())
     completion_id = _completion_id(stream)
 
@@ -246,7 +325,7 @@ async def _stream_answer(
         )
         return _sse(chunk.model_dump_json(exclude_none=True))
 
-    await response.write(chunk_json(ChoiceDelta(role="assistant", content="")))
+    await writer.write(chunk_json(ChoiceDelta(role="assistant", content="")))
     try:
         async for chunk in stream.chunks():
             timing.see(chunk)
@@ -256,18 +335,18 @@ async def _stream_answer(
                         content=chunk.text_delta or None,
                         reasoning_content=chunk.reasoning_delta or None,
                     )
-                    await response.write(chunk_json(delta))
+                    await writer.write(chunk_json(delta))
                 continue
             if chunk.finish_reason == inference_pb2.FINISH_REASON_ERROR:
                 raise _worker_failure(chunk)
             state.metrics.observe_usage(
                 model, chunk.usage.prompt_tokens, chunk.usage.completion_tokens
             )
-            await response.write(
+            await writer.write(
                 chunk_json(ChoiceDelta(), FINISH_REASONS.get(chunk.finish_reason, "stop"))
             )
             if body.stream_options is not None and body.stream_options.include_usage:
-                await response.write(
+                await writer.write(
                     chunk_json(ChoiceDelta(), usage=CompletionUsage.from_proto(chunk.usage))
                 )
     except RegioError as error:
@@ -275,7 +354,6 @@ async def _stream_answer(
         state.metrics.refused(error)
         if isinstance(error, UpstreamTimeout):
             await state.billing.release(request[TRANSACTION_KEY], "worker silent")
-        await response.write(_sse(json.dumps(error.envelope(), separators=(",", ":"))))
-    await response.write(_sse("[DONE]"))
-    await response.write_eof()
-    return response
+        await writer.write(_sse(json.dumps(error.envelope(), separators=(",", ":"))))
+    await writer.write(_sse("[DONE]"))
+    await writer.write_eof()
