@@ -112,6 +112,16 @@ COUNTRY_HEADER = {
         "schema": {"type": "string"},
     }
 }
+CONTEXT_COMPRESSED_HEADER = {
+    "x-regio-context-compressed": {
+        "description": (
+            "Present when the conversation did not fit the model's context: the number of "
+            "messages left out of its middle (`transforms`, on by default)."
+        ),
+        "required": False,
+        "schema": {"type": "integer", "minimum": 1},
+    }
+}
 SSE_DESCRIPTION = (
     "Server-sent events (with `stream: true`): each `data:` line holds a "
     "`ChatCompletionChunk` (see components), an error envelope if generation fails after the "
@@ -146,7 +156,10 @@ def _chat_completions(schemas: SchemaCollector) -> dict[str, Any]:
             "order) is required. The region is the endpoint's: the first label of the host "
             "name (`de.<domain>` serves region `de`), else the gateway's default region. "
             "`max_tokens` (alias `max_completion_tokens`) defaults to the route's default and "
-            "is clamped to its maximum. Unknown extra fields are ignored."
+            "is clamped to its maximum. A conversation too long for the model's context loses "
+            "messages from its middle (system prompts, first and last turns kept; "
+            "`transforms: []` answers 400 `context_length_exceeded` instead). Unknown extra "
+            "fields are ignored."
         ),
         "tags": ["inference"],
         "requestBody": {
@@ -158,7 +171,12 @@ def _chat_completions(schemas: SchemaCollector) -> dict[str, Any]:
         "responses": {
             "200": {
                 "description": "The completion, or its stream of chunks.",
-                "headers": TRANSACTION_HEADER | COUNTRY_HEADER | RATE_LIMIT_HEADERS,
+                "headers": (
+                    TRANSACTION_HEADER
+                    | COUNTRY_HEADER
+                    | CONTEXT_COMPRESSED_HEADER
+                    | RATE_LIMIT_HEADERS
+                ),
                 "content": {
                     "application/json": {"schema": schemas.ref(ChatCompletion, "serialization")},
                     "text/event-stream": {

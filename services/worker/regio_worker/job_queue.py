@@ -26,6 +26,8 @@ class Job:
     admitted_at: float = field(default_factory=time.monotonic)
     first_text_at: float | None = None
     last_text_at: float | None = None
+    # Messages the engine left out of the middle of the conversation (ContextCompressed).
+    dropped_messages: int = 0
 
     @property
     def transaction_id(self) -> str:

@@ -54,6 +54,7 @@ def generation_request(request: inference_pb2.InferenceRequest) -> GenerationReq
         ),
         output_format=OUTPUT_FORMATS[request.response_format.kind],
         json_schema=request.response_format.json_schema,
+        middle_out=not request.no_middle_out,
     )
 
 
@@ -80,17 +81,20 @@ def rejected_chunk(
     )
 
 
-def delta_chunk(transaction_id: str, sequence: int, text: str) -> inference_pb2.InferenceChunk:
+def delta_chunk(
+    transaction_id: str, sequence: int, text: str, dropped_messages: int = 0
+) -> inference_pb2.InferenceChunk:
     return inference_pb2.InferenceChunk(
         transaction_id=transaction_id,
         sequence=sequence,
         kind=inference_pb2.CHUNK_KIND_DELTA,
         text_delta=text,
+        dropped_messages=dropped_messages,
     )
 
 
 def final_chunk(
-    transaction_id: str, sequence: int, finished: GenerationFinished
+    transaction_id: str, sequence: int, finished: GenerationFinished, dropped_messages: int = 0
 ) -> inference_pb2.InferenceChunk:
     return inference_pb2.InferenceChunk(
         transaction_id=transaction_id,
@@ -100,6 +104,7 @@ def final_chunk(
         usage=usage_message(finished.usage),
         error_message=finished.error_message,
         error_code=finished.error_code,
+        dropped_messages=dropped_messages,
     )
 
 

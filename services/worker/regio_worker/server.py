@@ -25,6 +25,7 @@ from regio_common.subjects import (
 )
 from regio_common.usage_stream import ensure_usage_stream
 from regio_worker.engine.base import (
+    ContextCompressed,
     Engine,
     FinishReason,
     GenerationFinished,
@@ -207,10 +208,19 @@ class WorkerServer:
                 async for event in events:
                     if isinstance(event, GenerationFinished):
                         return checked_json_output(event, "".join(text)) if json_mode else event
+                    if isinstance(event, ContextCompressed):
+                        job.dropped_messages = event.dropped_messages
+                        continue
                     assert isinstance(event, TextDelta)
                     if json_mode:
                         text.append(event.text)
-                    chunk = delta_chunk(job.transaction_id, job.next_sequence(), event.text)
+                    chunk = delta_chunk(
+                        job.transaction_id,
+                        job.next_sequence(),
+                        event.text,
+                        # The gateway learns it before its first byte to the client.
+                        dropped_messages=job.dropped_messages if deltas_sent == 0 else 0,
+                    )
                     job.text_sent()
                     if not await self._reply(job.reply_subject, chunk):
                         self._engine.abort(job.transaction_id)  # nobody can read it any more
@@ -230,7 +240,7 @@ class WorkerServer:
     async def _finish(self, job: Job, finished: GenerationFinished) -> None:
         """The FINAL chunk, then the usage record: every accepted request gets both."""
         await job.accepted.wait()
-        chunk = final_chunk(job.transaction_id, job.next_sequence(), finished)
+        chunk = final_chunk(job.transaction_id, job.next_sequence(), finished, job.dropped_messages)
         await self._reply(job.reply_subject, chunk)
         self._usage.submit(usage_record(job.request, self.identity, finished, _now_ms()))
         usage = finished.usage
@@ -247,6 +257,7 @@ class WorkerServer:
             completion_tokens=usage.completion_tokens,
             free_prompt_tokens=usage.free_prompt_tokens,
             cached_tokens=usage.cached_tokens,
+            dropped_messages=job.dropped_messages or None,
             error=finished.error_message or None,
         )
 

@@ -10,6 +10,7 @@ import json
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import llama_cpp
@@ -17,8 +18,10 @@ import pytest
 from llama_cpp import Llama, llama_chat_format
 
 from regio_common.catalogue import Route
+from regio_common.errors import CONTEXT_LENGTH_EXCEEDED
 from regio_worker.engine.base import (
     ChatMessage,
+    ContextCompressed,
     FinishReason,
     GenerationEvent,
     GenerationFinished,
@@ -134,7 +137,7 @@ async def test_abort_mid_generation_ends_cancelled_with_exact_counts(
             deltas.append(event.text)
             if len(deltas) == 3:
                 engine.abort(request.transaction_id)
-        else:
+        elif isinstance(event, GenerationFinished):
             final = event
     assert final is not None
     assert final.finish_reason is FinishReason.CANCELLED
@@ -197,6 +200,53 @@ async def test_max_tokens_is_clamped_to_what_fits_in_the_context(
     assert final.finish_reason is FinishReason.LENGTH
     assert 0 < final.usage.completion_tokens < 40
     assert final.usage.prompt_tokens + final.usage.completion_tokens == small.n_ctx == 256
+
+
+async def test_a_conversation_longer_than_the_context_loses_its_middle(
+    gemma_model_path: Path,
+) -> None:
+    small = BatchedLlamaEngine(gemma_model_path, chat_format="gemma", n_ctx=512, n_threads=2)
+    head = [ChatMessage("system", "Answer briefly."), ChatMessage("user", "My name is Ada.")]
+    middle: list[ChatMessage] = []
+    for number in range(30):
+        middle.append(ChatMessage("assistant", f"Noted fact {number}. " + "apple " * 10))
+        middle.append(ChatMessage("user", f"Fact {number}: " + "pear " * 10))
+    tail = [ChatMessage("assistant", "Noted."), ChatMessage("user", "What is my name?")]
+    messages = (*head, *middle, *tail)
+    request = GenerationRequest(
+        transaction_id=f"txn-{uuid.uuid4().hex}",
+        messages=messages,
+        max_tokens=20,
+        temperature=0.0,
+    )
+    try:
+        events = [event async for event in small.generate(request)]
+        opted_out = [
+            event
+            async for event in small.generate(
+                replace(request, transaction_id=f"txn-{uuid.uuid4().hex}", middle_out=False)
+            )
+        ]
+
+        def prompt_tokens(dropped: int) -> int:
+            return len(small.prompts.build((*head, *messages[2 + dropped :])).tokens)
+
+        assert small.prompts.count(messages) > small.n_ctx
+        compressed, *deltas, final = events
+        assert isinstance(compressed, ContextCompressed)
+        dropped = compressed.dropped_messages
+        assert 0 < dropped <= len(middle) and dropped % 2 == 0  # (assistant, user) rounds
+        assert all(isinstance(delta, TextDelta) for delta in deltas)
+        assert isinstance(final, GenerationFinished)
+        assert final.finish_reason in (FinishReason.STOP, FinishReason.LENGTH)
+        # Billed: the prompt really evaluated; no more left out than needed for the answer.
+        assert final.usage.prompt_tokens == prompt_tokens(dropped)
+        assert final.usage.prompt_tokens + 20 <= small.n_ctx < prompt_tokens(dropped - 2) + 20
+    finally:
+        await small.close()
+    [refused] = opted_out
+    assert isinstance(refused, GenerationFinished)
+    assert refused.error_code == CONTEXT_LENGTH_EXCEEDED
 
 
 def test_long_token_pieces_are_not_lost(gemma_model_path: Path, vocabulary: Llama) -> None:
@@ -267,7 +317,7 @@ async def test_aborting_one_generation_leaves_the_others_running(
         async for event in engine.generate(victim):
             if isinstance(event, TextDelta):
                 engine.abort(victim.transaction_id)
-            else:
+            elif isinstance(event, GenerationFinished):
                 final = event
         assert final is not None
         return final

@@ -165,3 +165,30 @@ def test_candidate_models_are_model_then_fallbacks_each_once() -> None:
     assert request.candidate_models == ["a", "b", "c"]
     only_fallbacks = ChatCompletionRequest.parse({"models": ["b"], "messages": [USER]})
     assert only_fallbacks.candidate_models == ["b"]
+
+
+@pytest.mark.parametrize(
+    ("transforms", "no_middle_out"),
+    [(None, False), (["middle-out"], False), ([], True)],
+)
+def test_transforms_turn_middle_out_on_by_default_and_off_with_an_empty_list(
+    liv: Route, transforms: list[str] | None, no_middle_out: bool
+) -> None:
+    payload: dict[str, Any] = {"model": "liv", "messages": [USER]}
+    if transforms is not None:
+        payload["transforms"] = transforms
+    proto = ChatCompletionRequest.parse(payload).to_inference_request(
+        transaction_id="t",
+        account_id="a",
+        route=liv,
+        region="eu",
+        free_system_prompt="",
+        deadline_unix_ms=0,
+    )
+    assert proto.no_middle_out is no_middle_out
+
+
+def test_an_unknown_transform_is_a_400_naming_transforms() -> None:
+    with pytest.raises(InvalidRequest) as caught:
+        ChatCompletionRequest.parse({"model": "liv", "messages": [USER], "transforms": ["x"]})
+    assert caught.value.param is not None and caught.value.param.startswith("transforms")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Awaitable
+from collections.abc import AsyncIterator, Awaitable
 
 import structlog
 from aiohttp import web
@@ -51,6 +51,8 @@ from regio_gateway.state import STATE_KEY, GatewayState
 
 log = structlog.get_logger()
 COUNTRY_HEADER = "x-regio-country"
+# Messages the worker left out of the middle of the conversation to fit the context.
+CONTEXT_COMPRESSED_HEADER = "x-regio-context-compressed"
 
 
 async def create_chat_completion(request: web.Request) -> web.StreamResponse:
@@ -197,10 +199,12 @@ async def _json_answer(
     text: list[str] = []
     reasoning: list[str] = []
     final: inference_pb2.InferenceChunk | None = None
+    dropped = 0
     async for chunk in stream.chunks():
         timing.see(chunk)
         text.append(chunk.text_delta)
         reasoning.append(chunk.reasoning_delta)
+        dropped = max(dropped, chunk.dropped_messages)
         if chunk.kind == inference_pb2.CHUNK_KIND_FINAL:
             final = chunk
     if final is None or final.finish_reason == inference_pb2.FINISH_REASON_ERROR:
@@ -222,8 +226,12 @@ async def _json_answer(
     return web.Response(
         text=completion.model_dump_json(exclude_none=False),
         content_type="application/json",
-        headers={COUNTRY_HEADER: stream.country},
+        headers={COUNTRY_HEADER: stream.country, **_compression_headers(dropped)},
     )
+
+
+def _compression_headers(dropped_messages: int) -> dict[str, str]:
+    return {CONTEXT_COMPRESSED_HEADER: str(dropped_messages)} if dropped_messages else {}
 
 
 def _worker_failure(final: inference_pb2.InferenceChunk | None) -> RegioError:
@@ -275,6 +283,16 @@ async def _stream_answer(
     stream: WorkerStream,
     timing: _FirstToken,
 ) -> web.StreamResponse:
+    # The headers wait for the worker's first chunk (its first text, or the end): it says
+    # whether the conversation was compressed, and a failure before any text (e.g. a prompt
+    # that cannot fit) is still answered with its HTTP status. The role chunk goes out with it.
+    chunks = stream.chunks()
+    first = await anext(chunks, None)
+    if first is None or (
+        first.kind == inference_pb2.CHUNK_KIND_FINAL
+        and first.finish_reason == inference_pb2.FINISH_REASON_ERROR
+    ):
+        raise _worker_failure(first)
     response = web.StreamResponse(
         headers={
             **response_headers(request),
@@ -282,12 +300,15 @@ async def _stream_answer(
             "Cache-Control": "no-cache",
             TRANSACTION_HEADER: request[TRANSACTION_KEY],
             COUNTRY_HEADER: stream.country,
+            **_compression_headers(first.dropped_messages),
         }
     )
     await response.prepare(request)
     writer = _StreamWriter(response, state.settings.stream_write_timeout_seconds)
     try:
-        await _stream_events(request, state, body, model, stream, timing, writer)
+        await _stream_events(
+            request, state, body, model, stream, _chained(first, chunks), timing, writer
+        )
     except _StalledReader:
         # The worker slot must not wait for this client: stop the generation (its usage record
         # settles what was generated), then drop the connection, whose buffers are full.
@@ -302,12 +323,21 @@ async def _stream_answer(
     return response
 
 
+async def _chained(
+    first: inference_pb2.InferenceChunk, rest: AsyncIterator[inference_pb2.InferenceChunk]
+) -> AsyncIterator[inference_pb2.InferenceChunk]:
+    yield first
+    async for chunk in rest:
+        yield chunk
+
+
 async def _stream_events(
     request: web.Request,
     state: GatewayState,
     body: ChatCompletionRequest,
     model: str,
     stream: WorkerStream,
+    chunks: AsyncIterator[inference_pb2.InferenceChunk],
     timing: _FirstToken,
     writer: _StreamWriter,
 ) -> None:
@@ -327,7 +357,7 @@ async def _stream_events(
 
     await writer.write(chunk_json(ChoiceDelta(role="assistant", content="")))
     try:
-        async for chunk in stream.chunks():
+        async for chunk in chunks:
             timing.see(chunk)
             if chunk.kind == inference_pb2.CHUNK_KIND_DELTA:
                 if chunk.text_delta or chunk.reasoning_delta:

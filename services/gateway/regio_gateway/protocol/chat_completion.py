@@ -125,6 +125,10 @@ class ChatCompletionRequest(BaseModel):
     tool_choice: str | dict[str, Any] | None = None
     reasoning: dict[str, Any] | None = None
     reasoning_effort: str | None = None
+    # OpenRouter's prompt transforms: "middle-out" (the default here) leaves messages out of the
+    # middle of a conversation too long for the model's context; [] turns it off (400
+    # context_length_exceeded instead).
+    transforms: list[Literal["middle-out"]] | None = None
 
     @field_validator("stop")
     @classmethod
@@ -146,6 +150,10 @@ class ChatCompletionRequest(BaseModel):
         """`model`, then the `models` fallbacks, each once."""
         names = ([self.model] if self.model else []) + (self.models or [])
         return list(dict.fromkeys(names))
+
+    @property
+    def middle_out(self) -> bool:
+        return self.transforms is None or "middle-out" in self.transforms
 
     @property
     def stop_sequences(self) -> list[str]:
@@ -222,6 +230,7 @@ class ChatCompletionRequest(BaseModel):
             response_format=(
                 self.response_format.to_proto() if self.response_format is not None else None
             ),
+            no_middle_out=not self.middle_out,
         )
 
 

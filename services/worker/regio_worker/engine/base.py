@@ -41,6 +41,9 @@ class GenerationRequest:
     frequency_penalty: float | None = None
     output_format: OutputFormat = OutputFormat.TEXT
     json_schema: str = ""  # with OutputFormat.JSON_SCHEMA: the schema as JSON text
+    # Leave messages out of the middle of a conversation too long for the context (see
+    # context_fit.py) rather than fail; False: the client's `transforms: []`.
+    middle_out: bool = True
 
 
 @dataclass(frozen=True)
@@ -57,6 +60,14 @@ class TextDelta:
 
 
 @dataclass(frozen=True)
+class ContextCompressed:
+    """Before any text: the conversation did not fit the context, so `dropped_messages` of
+    its middle were left out of the prompt (engines that count tokens only)."""
+
+    dropped_messages: int
+
+
+@dataclass(frozen=True)
 class GenerationFinished:
     """Always the last event of a generation."""
 
@@ -70,12 +81,13 @@ class GenerationFinished:
     unbilled_reason: str = ""
 
 
-GenerationEvent = TextDelta | GenerationFinished
+GenerationEvent = TextDelta | ContextCompressed | GenerationFinished
 
 
 class Engine(ABC):
     """Generates text for requests. Implementations end every generation with exactly one
-    GenerationFinished event, also on failure, after zero or more TextDelta events."""
+    GenerationFinished event, also on failure, after zero or more TextDelta events (preceded by
+    one ContextCompressed event when the prompt was compressed to fit)."""
 
     @property
     @abstractmethod

@@ -52,6 +52,10 @@ class ChatPromptBuilder:
             free_tokens = min(max(len(tokens) - len(without_free), 0), len(tokens))
         return PromptTokens(tokens, free_tokens, formatted.stop_strings)
 
+    def count(self, messages: Sequence[ChatMessage], free_system_prompt: str = "") -> int:
+        """Tokens of the whole prompt, the free system prompt's included."""
+        return len(self._tokens(self._format(messages, free_system_prompt)))
+
     def _tokens(self, formatted: FormattedChat) -> list[int]:
         return self._tokenize(formatted.text, not formatted.has_special_tokens)
 

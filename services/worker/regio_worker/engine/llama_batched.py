@@ -22,6 +22,7 @@ from regio_common.errors import (
     INVALID_RESPONSE_FORMAT,
 )
 from regio_worker.engine.base import (
+    ContextCompressed,
     Engine,
     FinishReason,
     GenerationEvent,
@@ -31,6 +32,7 @@ from regio_worker.engine.base import (
 )
 from regio_worker.engine.batch_scheduler import BatchScheduler, Job, SamplingSettings, token_piece
 from regio_worker.engine.chat_prompt import ChatPromptBuilder, PromptTokens
+from regio_worker.engine.context_fit import answer_room, fit_messages
 from regio_worker.engine.json_output import output_grammar
 from regio_worker.engine.llama_chat_formats import gguf_chat_format, named_chat_format
 
@@ -125,7 +127,7 @@ class BatchedLlamaEngine(Engine):
 
     async def generate(self, request: GenerationRequest) -> AsyncGenerator[GenerationEvent, None]:
         try:
-            prompt = self.prompts.build(request.messages, request.free_system_prompt)
+            prompt, dropped = self._prompt(request)
         except Exception as error:
             log.exception("prompt_failed")
             yield GenerationFinished(
@@ -143,6 +145,13 @@ class BatchedLlamaEngine(Engine):
                 f"The prompt has {len(prompt.tokens)} tokens but the model's context holds "
                 f"{self._n_ctx} tokens for prompt and answer together; shorten the messages."
             )
+            if dropped:
+                message = (
+                    f"The prompt has {len(prompt.tokens)} tokens even with {dropped} messages "
+                    f"left out of the middle of the conversation, but the model's context "
+                    f"holds {self._n_ctx} tokens for prompt and answer together; shorten the "
+                    "system prompt, the first or the last user message."
+                )
             yield GenerationFinished(
                 FinishReason.ERROR, usage, message, error_code=CONTEXT_LENGTH_EXCEEDED
             )
@@ -159,11 +168,39 @@ class BatchedLlamaEngine(Engine):
         self._jobs[request.transaction_id] = job
         self._scheduler.submit(job)
         try:
+            if dropped:
+                yield ContextCompressed(dropped)
             while (event := await events.get()) is not None:
                 yield event
         finally:
             job.abort.set()  # a consumer that stops listening frees the slot too
             self._jobs.pop(request.transaction_id, None)
+
+    def _prompt(self, request: GenerationRequest) -> tuple[PromptTokens, int]:
+        """The prompt's tokens, and how many messages middle-out left out to make it fit."""
+        free = request.free_system_prompt
+        prompt = self.prompts.build(request.messages, free)
+        room = answer_room(request.max_tokens, self._n_ctx)
+        if not request.middle_out or len(prompt.tokens) + room <= self._n_ctx:
+            return prompt, 0
+        fitted = fit_messages(
+            request.messages,
+            lambda messages: self.prompts.count(messages, free),
+            self._n_ctx - room,
+        )
+        if not fitted.dropped:
+            return prompt, 0
+        compressed = self.prompts.build(fitted.messages, free)
+        log.info(
+            "context_compressed",
+            dropped_messages=fitted.dropped,
+            kept_messages=len(fitted.messages),
+            prompt_tokens_before=len(prompt.tokens),
+            prompt_tokens=len(compressed.tokens),
+            n_ctx=self._n_ctx,
+            fits=len(compressed.tokens) < self._n_ctx,
+        )
+        return compressed, fitted.dropped
 
     def abort(self, transaction_id: str) -> None:
         job = self._jobs.get(transaction_id)
