@@ -9,6 +9,7 @@ from typing import Any, ClassVar
 CONTEXT_LENGTH_EXCEEDED = "context_length_exceeded"  # the client's prompt does not fit
 GENERATION_FAILED = "generation_failed"  # our failure
 INVALID_RESPONSE_FORMAT = "invalid_response_format"  # a JSON schema the worker cannot enforce
+INVALID_LOGIT_BIAS = "invalid_logit_bias"  # a logit_bias token id outside the vocabulary
 
 
 class RegioError(Exception):

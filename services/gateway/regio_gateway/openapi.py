@@ -129,6 +129,19 @@ SSE_DESCRIPTION = (
 )
 
 
+SSE_EVENT: dict[str, Any] = {
+    "type": "object",
+    "description": SSE_DESCRIPTION,
+    "properties": {
+        "event": {"type": "string"},
+        "data": {"type": "string", "description": "A JSON document, or `[DONE]`."},
+        "id": {"type": "string"},
+        "retry": {"type": "integer"},
+    },
+    "required": ["data"],
+}
+
+
 def _error_responses(statuses: tuple[int, ...]) -> dict[str, Any]:
     responses: dict[str, Any] = {}
     for status in statuses:
@@ -179,9 +192,8 @@ def _chat_completions(schemas: SchemaCollector) -> dict[str, Any]:
                 ),
                 "content": {
                     "application/json": {"schema": schemas.ref(ChatCompletion, "serialization")},
-                    "text/event-stream": {
-                        "schema": {"type": "string", "description": SSE_DESCRIPTION}
-                    },
+                    # One server-sent event (as SSE tools, schemathesis among them, parse it).
+                    "text/event-stream": {"schema": SSE_EVENT},
                 },
             },
             **_error_responses(CHAT_ERRORS),

@@ -11,6 +11,7 @@ from regio_worker.engine.base import (
     GenerationFinished,
     GenerationRequest,
     OutputFormat,
+    TokenLogprob,
     Usage,
 )
 
@@ -55,6 +56,8 @@ def generation_request(request: inference_pb2.InferenceRequest) -> GenerationReq
         output_format=OUTPUT_FORMATS[request.response_format.kind],
         json_schema=request.response_format.json_schema,
         middle_out=not request.no_middle_out,
+        top_logprobs=sampling.top_logprobs if sampling.logprobs else None,
+        logit_bias=tuple(sorted(sampling.logit_bias.items())),
     )
 
 
@@ -82,7 +85,11 @@ def rejected_chunk(
 
 
 def delta_chunk(
-    transaction_id: str, sequence: int, text: str, dropped_messages: int = 0
+    transaction_id: str,
+    sequence: int,
+    text: str,
+    dropped_messages: int = 0,
+    logprobs: tuple[TokenLogprob, ...] = (),
 ) -> inference_pb2.InferenceChunk:
     return inference_pb2.InferenceChunk(
         transaction_id=transaction_id,
@@ -90,6 +97,18 @@ def delta_chunk(
         kind=inference_pb2.CHUNK_KIND_DELTA,
         text_delta=text,
         dropped_messages=dropped_messages,
+        logprobs=[logprob_message(entry) for entry in logprobs],
+    )
+
+
+def logprob_message(entry: TokenLogprob) -> inference_pb2.TokenLogprob:
+    return inference_pb2.TokenLogprob(
+        token=entry.token,
+        logprob=entry.logprob,
+        top_logprobs=[
+            inference_pb2.TopLogprob(token=top.token, logprob=top.logprob)
+            for top in entry.top_logprobs
+        ],
     )
 
 

@@ -220,6 +220,7 @@ class WorkerServer:
                         event.text,
                         # The gateway learns it before its first byte to the client.
                         dropped_messages=job.dropped_messages if deltas_sent == 0 else 0,
+                        logprobs=event.logprobs,
                     )
                     job.text_sent()
                     if not await self._reply(job.reply_subject, chunk):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -18,7 +19,7 @@ import pytest
 from llama_cpp import Llama, llama_chat_format
 
 from regio_common.catalogue import Route
-from regio_common.errors import CONTEXT_LENGTH_EXCEEDED
+from regio_common.errors import CONTEXT_LENGTH_EXCEEDED, INVALID_LOGIT_BIAS
 from regio_worker.engine.base import (
     ChatMessage,
     ContextCompressed,
@@ -28,11 +29,13 @@ from regio_worker.engine.base import (
     GenerationRequest,
     OutputFormat,
     TextDelta,
+    TokenLogprob,
 )
 from regio_worker.engine.batch_scheduler import token_piece
 from regio_worker.engine.llama_batched import BatchedLlamaEngine
 
 STORY = "Write a long story about a dragon."
+QUESTION = "What is the capital of France?"
 SLOTS = 3
 
 
@@ -391,4 +394,135 @@ async def test_a_schema_that_cannot_be_enforced_is_a_clear_error(
     assert text == ""
     assert final.finish_reason is FinishReason.ERROR
     assert final.error_code == "invalid_response_format"
+    assert final.usage.completion_tokens == 0
+
+
+async def run_with_logprobs(
+    engine: BatchedLlamaEngine, request: GenerationRequest
+) -> tuple[str, list[TokenLogprob], GenerationFinished]:
+    events = [event async for event in engine.generate(request)]
+    *deltas, final = events
+    assert isinstance(final, GenerationFinished)
+    texts = [delta for delta in deltas if isinstance(delta, TextDelta)]
+    return (
+        "".join(delta.text for delta in texts),
+        [entry for delta in texts for entry in delta.logprobs],
+        final,
+    )
+
+
+def single_token(vocabulary: Llama, text: bytes) -> int:
+    """The id of the one token whose piece is `text`."""
+    [token] = vocabulary.tokenize(text, add_bos=False, special=False)
+    assert token_piece(llama_cpp.llama_model_get_vocab(vocabulary.model), token) == text
+    return token
+
+
+async def test_greedy_tokens_are_the_most_likely_of_their_top_logprobs(
+    engine: BatchedLlamaEngine,
+) -> None:
+    text, logprobs, final = await run_with_logprobs(
+        engine, greedy(STORY, max_tokens=16, top_logprobs=5)
+    )
+    assert final.finish_reason is FinishReason.LENGTH
+    assert len(logprobs) == final.usage.completion_tokens == 16
+    # The tokens' bytes are the answer's bytes.
+    assert b"".join(entry.token for entry in logprobs) == text.encode()
+    for entry in logprobs:
+        assert len(entry.top_logprobs) == 5
+        best = entry.top_logprobs[0]
+        assert entry.logprob == best.logprob == max(top.logprob for top in entry.top_logprobs)
+        assert entry.token == best.token
+        assert all(top.logprob <= 0 for top in entry.top_logprobs)
+        assert sum(math.exp(top.logprob) for top in entry.top_logprobs) <= 1.0 + 1e-5
+    # Asking for logprobs changes nothing in the answer.
+    plain, _ = await run(engine, greedy(STORY, max_tokens=16))
+    assert plain == text
+
+
+async def test_sampled_tokens_get_logprobs_and_the_same_seed_gives_the_same_answer(
+    engine: BatchedLlamaEngine,
+) -> None:
+    request = greedy(STORY, max_tokens=12, temperature=1.0, seed=99, top_logprobs=2)
+    text, logprobs, final = await run_with_logprobs(engine, request)
+    plain, _ = await run(engine, greedy(STORY, max_tokens=12, temperature=1.0, seed=99))
+    assert text == plain
+    assert len(logprobs) == final.usage.completion_tokens
+    assert b"".join(entry.token for entry in logprobs) == text.encode()
+    for entry in logprobs:
+        assert entry.logprob <= entry.top_logprobs[0].logprob <= 0
+
+
+async def test_logprobs_without_top_logprobs_and_with_a_stop_string(
+    engine: BatchedLlamaEngine,
+) -> None:
+    unstopped, _ = await run(engine, greedy(STORY, max_tokens=24))
+    stop = unstopped[len(unstopped) // 2 :][:4]
+    text, logprobs, final = await run_with_logprobs(
+        engine, greedy(STORY, max_tokens=24, stop=(stop,), top_logprobs=0)
+    )
+    assert final.finish_reason is FinishReason.STOP
+    assert text == unstopped[: unstopped.find(stop)]
+    assert all(entry.top_logprobs == () for entry in logprobs)
+    # The tokens cut off by the stop string are not reported; at most the one that straddles
+    # the answer's end carries bytes beyond it.
+    joined = b"".join(entry.token for entry in logprobs)
+    assert joined.startswith(text.encode())
+    assert len(joined) - len(logprobs[-1].token) < len(text.encode())
+    assert len(logprobs) < final.usage.completion_tokens
+
+
+async def test_a_negative_logit_bias_on_the_greedy_first_token_changes_it(
+    engine: BatchedLlamaEngine, vocabulary: Llama
+) -> None:
+    _, [first], _ = await run_with_logprobs(engine, greedy(QUESTION, max_tokens=1, top_logprobs=2))
+    banned = single_token(vocabulary, first.token)
+    _, [biased], _ = await run_with_logprobs(
+        engine,
+        greedy(QUESTION, max_tokens=1, top_logprobs=2, logit_bias=((banned, -100.0),)),
+    )
+    assert biased.token != first.token
+    # The runner-up takes its place, now with a higher probability (logprobs are after bias).
+    assert biased.token == first.top_logprobs[1].token
+    assert biased.logprob > first.top_logprobs[1].logprob
+    assert first.token not in [top.token for top in biased.top_logprobs]
+    # Without logprobs, the greedy argmax respects the bias too.
+    text, _ = await run(engine, greedy(QUESTION, max_tokens=1, logit_bias=((banned, -100.0),)))
+    assert text.encode() == biased.token
+
+
+@pytest.mark.parametrize(
+    ("temperature", "top_logprobs"), [(0.0, None), (0.0, 1), (1.0, None), (1.0, 1)]
+)
+async def test_a_positive_logit_bias_forces_a_token(
+    engine: BatchedLlamaEngine, vocabulary: Llama, temperature: float, top_logprobs: int | None
+) -> None:
+    """Greedy: the argmax of the biased logits; sampled: llama.cpp's logit_bias sampler."""
+    forced = single_token(vocabulary, b" zebra")
+    request = greedy(
+        QUESTION,
+        max_tokens=2,
+        temperature=temperature,
+        seed=5,
+        logit_bias=((forced, 100.0),),
+        top_logprobs=top_logprobs,
+    )
+    text, logprobs, _ = await run_with_logprobs(engine, request)
+    assert text == " zebra zebra"
+    if top_logprobs is None:
+        assert logprobs == []
+    else:
+        assert [entry.token for entry in logprobs] == [b" zebra", b" zebra"]
+        assert all(entry.logprob > -1e-3 for entry in logprobs)  # all but certain after the bias
+
+
+async def test_a_logit_bias_outside_the_vocabulary_is_refused(
+    engine: BatchedLlamaEngine,
+) -> None:
+    request = greedy(QUESTION, max_tokens=3, logit_bias=((5, 1.0), (engine.n_vocab, -1.0)))
+    text, final = await run(engine, request)
+    assert text == ""
+    assert final.finish_reason is FinishReason.ERROR
+    assert final.error_code == INVALID_LOGIT_BIAS
+    assert str(engine.n_vocab) in final.error_message
     assert final.usage.completion_tokens == 0

@@ -16,7 +16,7 @@ from nats.aio.client import Client
 
 from regio.inference.v1 import inference_pb2
 from regio_common.errors import CONTEXT_LENGTH_EXCEEDED
-from regio_worker.engine.base import ChatMessage, GenerationFinished, GenerationRequest
+from regio_worker.engine.base import ChatMessage, GenerationFinished, GenerationRequest, TextDelta
 from regio_worker.engine.openai_proxy import SYSTEM_MESSAGE_OVERHEAD_TOKENS, OpenAIProxyEngine
 from regio_worker.probe import InferenceCall, chat_request
 
@@ -42,6 +42,7 @@ class FakeUpstream:
     status: int = 200
     error_body: str = ""
     tokenize: bool = True
+    logprobs: bool = False  # each piece's chunk carries logprobs.content (logprob -0.5)
     requests: list[dict[str, Any]] = field(default_factory=list)
     authorizations: list[str | None] = field(default_factory=list)
     sent: int = 0
@@ -59,7 +60,11 @@ class FakeUpstream:
             for piece in self.pieces:
                 if self.delay:
                     await asyncio.sleep(self.delay)
-                await _event(response, {"choices": [{"index": 0, "delta": {"content": piece}}]})
+                choice: dict[str, Any] = {"index": 0, "delta": {"content": piece}}
+                if self.logprobs:
+                    entry = {"token": piece, "logprob": -0.5, "bytes": list(piece.encode())}
+                    choice["logprobs"] = {"content": [{**entry, "top_logprobs": [entry]}]}
+                await _event(response, {"choices": [choice]})
                 self.sent += 1
             finish = {"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}
             await _event(response, finish)
@@ -275,3 +280,25 @@ async def test_concurrent_requests_share_the_session(
         assert "".join(c.text_delta for c in chunks if c.kind == DELTA) == "".join(PIECES)
         assert chunks[-1].finish_reason == inference_pb2.FINISH_REASON_STOP
     assert len(upstream.requests) == 4
+
+
+async def test_logprobs_and_logit_bias_are_forwarded_and_mapped_back(
+    upstream: FakeUpstream, proxy: OpenAIProxyEngine
+) -> None:
+    upstream.logprobs = True
+    request = GenerationRequest(
+        "t-logprobs",
+        (ChatMessage("user", "hi"),),
+        top_logprobs=1,
+        logit_bias=((42, -100.0),),
+    )
+    events = [event async for event in proxy.generate(request)]
+    [sent] = upstream.requests
+    assert sent["logprobs"] is True and sent["top_logprobs"] == 1
+    assert sent["logit_bias"] == {"42": -100.0}
+    deltas = [event for event in events if isinstance(event, TextDelta)]
+    assert "".join(delta.text for delta in deltas) == "".join(PIECES)
+    for delta in deltas:
+        [entry] = delta.logprobs
+        assert entry.token == delta.text.encode() and entry.logprob == -0.5
+        assert [top.token for top in entry.top_logprobs] == [entry.token]

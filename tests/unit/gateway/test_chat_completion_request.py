@@ -11,7 +11,7 @@ from regio.inference.v1 import inference_pb2
 from regio_common.catalogue import Catalogue, Route
 from regio_common.errors import InvalidRequest
 from regio_common.settings import DEFAULT_CATALOGUE, PROJECT_ROOT
-from regio_gateway.protocol.chat_completion import ChatCompletionRequest
+from regio_gateway.protocol.chat_completion import ChatCompletionRequest, ChoiceLogprobs
 
 USER = {"role": "user", "content": "Hello"}
 
@@ -41,6 +41,37 @@ def production_liv() -> Route:
         ({"model": "liv", "messages": [USER], "temperature": 2.5}, "temperature"),
         ({"model": "liv", "messages": [USER], "n": 2}, "n"),
         ({"model": "liv", "messages": [USER], "stop": ["a", "b", "c", "d", "e"]}, "stop"),
+        ({"model": "liv", "messages": [USER], "logprobs": "maybe"}, "logprobs"),
+        (
+            {"model": "liv", "messages": [USER], "logprobs": True, "top_logprobs": 21},
+            "top_logprobs",
+        ),
+        (
+            {"model": "liv", "messages": [USER], "logprobs": True, "top_logprobs": -1},
+            "top_logprobs",
+        ),
+        # top_logprobs requires logprobs: true.
+        ({"model": "liv", "messages": [USER], "top_logprobs": 2}, "top_logprobs"),
+        (
+            {"model": "liv", "messages": [USER], "logprobs": False, "top_logprobs": 0},
+            "top_logprobs",
+        ),
+        ({"model": "liv", "messages": [USER], "logit_bias": [1, 2]}, "logit_bias"),
+        ({"model": "liv", "messages": [USER], "logit_bias": {"abc": 1}}, "logit_bias"),
+        ({"model": "liv", "messages": [USER], "logit_bias": {"-1": 1}}, "logit_bias"),
+        ({"model": "liv", "messages": [USER], "logit_bias": {"007": 1}}, "logit_bias"),
+        ({"model": "liv", "messages": [USER], "logit_bias": {"12": 100.5}}, "logit_bias"),
+        ({"model": "liv", "messages": [USER], "logit_bias": {"12": -101}}, "logit_bias"),
+        ({"model": "liv", "messages": [USER], "logit_bias": {"12": "up"}}, "logit_bias"),
+        ({"model": "liv", "messages": [USER], "logit_bias": {"1234567890": 1}}, "logit_bias"),
+        (
+            {
+                "model": "liv",
+                "messages": [USER],
+                "logit_bias": {str(token): 1 for token in range(301)},
+            },
+            "logit_bias",
+        ),
     ],
 )
 def test_invalid_requests_name_the_parameter(payload: Any, param: str) -> None:
@@ -192,3 +223,89 @@ def test_an_unknown_transform_is_a_400_naming_transforms() -> None:
     with pytest.raises(InvalidRequest) as caught:
         ChatCompletionRequest.parse({"model": "liv", "messages": [USER], "transforms": ["x"]})
     assert caught.value.param is not None and caught.value.param.startswith("transforms")
+
+
+def test_logprobs_and_logit_bias_travel_to_the_worker(liv: Route) -> None:
+    def proto(**fields: Any) -> inference_pb2.SamplingParams:
+        request = ChatCompletionRequest.parse({"model": "liv", "messages": [USER], **fields})
+        request.check_supported(liv)  # the dev route advertises all three
+        return request.to_inference_request(
+            transaction_id="t",
+            account_id="a",
+            route=liv,
+            region="eu",
+            free_system_prompt="",
+            deadline_unix_ms=0,
+        ).sampling
+
+    plain = proto()
+    assert not plain.logprobs and plain.top_logprobs == 0 and not plain.logit_bias
+    assert proto(logprobs=False).logprobs is False
+    with_top = proto(logprobs=True, top_logprobs=20)
+    assert with_top.logprobs and with_top.top_logprobs == 20
+    assert proto(logprobs=True).top_logprobs == 0
+    biased = proto(logit_bias={"0": -100, "262143": 100, "17": 2.5})
+    assert dict(biased.logit_bias) == {0: -100.0, 262143: 100.0, 17: 2.5}
+    assert len(proto(logit_bias={str(token): 1 for token in range(300)}).logit_bias) == 300
+    for name in ("logprobs", "top_logprobs", "logit_bias"):
+        assert name in liv.supported_parameters
+
+
+def test_logprobs_and_logit_bias_need_the_route_unless_they_ask_for_nothing(liv: Route) -> None:
+    bare = liv.model_copy(
+        update={
+            "supported_parameters": [
+                p
+                for p in liv.supported_parameters
+                if p not in ("logprobs", "top_logprobs", "logit_bias")
+            ]
+        }
+    )
+
+    def request(**fields: Any) -> ChatCompletionRequest:
+        return ChatCompletionRequest.parse({"model": "liv", "messages": [USER], **fields})
+
+    # `false` and `{}` ask for nothing: clients that send them by default keep working.
+    request(logprobs=False).check_supported(bare)
+    request(logit_bias={}).check_supported(bare)
+    cases: list[tuple[dict[str, Any], str]] = [
+        ({"logprobs": True}, "logprobs"),
+        ({"logprobs": True, "top_logprobs": 3}, "logprobs"),
+        ({"logit_bias": {"5": 1}}, "logit_bias"),
+    ]
+    for fields, param in cases:
+        with pytest.raises(InvalidRequest) as caught:
+            request(**fields).check_supported(bare)
+        assert caught.value.param == param
+        assert caught.value.code == "unsupported_parameter"
+
+
+def test_token_logprobs_render_as_openai_does() -> None:
+    euro = "€".encode()
+    entries = [
+        inference_pb2.TokenLogprob(
+            token=b" Hi",
+            logprob=-0.25,
+            top_logprobs=[
+                inference_pb2.TopLogprob(token=b" Hi", logprob=-0.25),
+                inference_pb2.TopLogprob(token=b" Hello", logprob=-1.5),
+            ],
+        ),
+        # A token with part of a character: `bytes` is exact, `token` shows U+FFFD.
+        inference_pb2.TokenLogprob(token=euro[:2], logprob=-3.0),
+    ]
+    rendered = ChoiceLogprobs.from_proto(entries).model_dump()
+    assert rendered == {
+        "content": [
+            {
+                "token": " Hi",
+                "logprob": -0.25,
+                "bytes": list(b" Hi"),
+                "top_logprobs": [
+                    {"token": " Hi", "logprob": -0.25, "bytes": list(b" Hi")},
+                    {"token": " Hello", "logprob": -1.5, "bytes": list(b" Hello")},
+                ],
+            },
+            {"token": "\ufffd", "logprob": -3.0, "bytes": list(euro[:2]), "top_logprobs": []},
+        ]
+    }

@@ -118,6 +118,11 @@ def test_each_gateway_error_is_described_as_rendered(error: errors.RegioError) -
         ({"messages": [{"role": "user", "content": [{"type": "image", "text": "x"}]}]}, False),
         ({"response_format": {"type": "xml"}}, False),
         ({"models": []}, False),
+        ({"logprobs": True, "top_logprobs": 20, "logit_bias": {"0": -100, "9": 100}}, True),
+        ({"logprobs": True, "top_logprobs": 21}, False),
+        ({"logit_bias": {"abc": 1}}, False),
+        ({"logit_bias": {"1": 101}}, False),
+        ({"logit_bias": {str(token): 0 for token in range(301)}}, False),
     ],
 )
 def test_the_request_schema_agrees_with_the_request_model(

@@ -19,6 +19,7 @@ from regio_common.catalogue import Route
 from regio_common.config_records import ApiKeyRecord, UsageLimits
 from regio_common.errors import (
     CONTEXT_LENGTH_EXCEEDED,
+    INVALID_LOGIT_BIAS,
     INVALID_RESPONSE_FORMAT,
     BillingUnavailable,
     ClientError,
@@ -42,6 +43,7 @@ from regio_gateway.protocol.chat_completion import (
     ChatCompletionRequest,
     Choice,
     ChoiceDelta,
+    ChoiceLogprobs,
     ChunkChoice,
     CompletionUsage,
 )
@@ -82,7 +84,7 @@ async def create_chat_completion(request: web.Request) -> web.StreamResponse:
         timing = _FirstToken(state, route.name, region, arrived)
         if body.stream:
             return await _stream_answer(request, state, body, route.name, stream, timing)
-        return await _json_answer(state, route.name, stream, timing)
+        return await _json_answer(state, body, route.name, stream, timing)
     except UpstreamTimeout:
         # The worker went silent (likely gone): its usage record may never come.
         await state.billing.release(transaction_id, "worker silent")
@@ -194,16 +196,22 @@ class _FirstToken:
 
 
 async def _json_answer(
-    state: GatewayState, model: str, stream: WorkerStream, timing: _FirstToken
+    state: GatewayState,
+    body: ChatCompletionRequest,
+    model: str,
+    stream: WorkerStream,
+    timing: _FirstToken,
 ) -> web.Response:
     text: list[str] = []
     reasoning: list[str] = []
+    logprobs: list[inference_pb2.TokenLogprob] = []
     final: inference_pb2.InferenceChunk | None = None
     dropped = 0
     async for chunk in stream.chunks():
         timing.see(chunk)
         text.append(chunk.text_delta)
         reasoning.append(chunk.reasoning_delta)
+        logprobs.extend(chunk.logprobs)
         dropped = max(dropped, chunk.dropped_messages)
         if chunk.kind == inference_pb2.CHUNK_KIND_FINAL:
             final = chunk
@@ -219,6 +227,7 @@ async def _json_answer(
                     content="".join(text), reasoning_content="".join(reasoning) or None
                 ),
                 finish_reason=FINISH_REASONS.get(final.finish_reason, "stop"),
+                logprobs=ChoiceLogprobs.from_proto(logprobs) if body.logprobs else None,
             )
         ],
         usage=CompletionUsage.from_proto(final.usage),
@@ -240,6 +249,8 @@ def _worker_failure(final: inference_pb2.InferenceChunk | None) -> RegioError:
         return InvalidRequest(detail, param="messages", code=CONTEXT_LENGTH_EXCEEDED)
     if final is not None and final.error_code == INVALID_RESPONSE_FORMAT:
         return InvalidRequest(detail, param="response_format", code=INVALID_RESPONSE_FORMAT)
+    if final is not None and final.error_code == INVALID_LOGIT_BIAS:
+        return InvalidRequest(detail, param="logit_bias")
     # The worker's detail may describe internals: it goes to the log, not to the client.
     log.error("generation_failed", detail=detail)
     return ServerError("The model failed to generate a response; please retry.")
@@ -345,10 +356,15 @@ async def _stream_events(
     completion_id = _completion_id(stream)
 
     def chunk_json(
-        delta: ChoiceDelta, finish_reason: str | None = None, usage: CompletionUsage | None = None
+        delta: ChoiceDelta,
+        finish_reason: str | None = None,
+        usage: CompletionUsage | None = None,
+        logprobs: ChoiceLogprobs | None = None,
     ) -> bytes:
         choices = (
-            [] if usage is not None else [ChunkChoice(delta=delta, finish_reason=finish_reason)]
+            []
+            if usage is not None
+            else [ChunkChoice(delta=delta, finish_reason=finish_reason, logprobs=logprobs)]
         )
         chunk = ChatCompletionChunk(
             id=completion_id, created=created, model=model, choices=choices, usage=usage
@@ -360,12 +376,15 @@ async def _stream_events(
         async for chunk in chunks:
             timing.see(chunk)
             if chunk.kind == inference_pb2.CHUNK_KIND_DELTA:
-                if chunk.text_delta or chunk.reasoning_delta:
+                if chunk.text_delta or chunk.reasoning_delta or chunk.logprobs:
                     delta = ChoiceDelta(
                         content=chunk.text_delta or None,
                         reasoning_content=chunk.reasoning_delta or None,
                     )
-                    await writer.write(chunk_json(delta))
+                    logprobs = (
+                        ChoiceLogprobs.from_proto(list(chunk.logprobs)) if body.logprobs else None
+                    )
+                    await writer.write(chunk_json(delta, logprobs=logprobs))
                 continue
             if chunk.finish_reason == inference_pb2.FINISH_REASON_ERROR:
                 raise _worker_failure(chunk)

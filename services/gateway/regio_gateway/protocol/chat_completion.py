@@ -4,9 +4,16 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
 
 from regio.inference.v1 import inference_pb2
 from regio_common.catalogue import Route
@@ -30,7 +37,20 @@ OPTIONAL_PARAMETERS = (
     "tool_choice",
     "reasoning",
     "reasoning_effort",
+    "logprobs",
+    "top_logprobs",
+    "logit_bias",
 )
+MAX_TOP_LOGPROBS = 20
+MAX_LOGIT_BIAS_ENTRIES = 300
+# logit_bias: token ids as JSON object keys (decimal, at most 9 digits: they travel as int32),
+# biases in [-100, 100]. Ids beyond the model's vocabulary are refused by the worker.
+TokenIdKey = Annotated[str, StringConstraints(pattern=r"^(0|[1-9][0-9]{0,8})$")]
+Bias = Annotated[float, Field(ge=-100.0, le=100.0)]
+LogitBiasMap = Annotated[
+    dict[TokenIdKey, Bias],
+    Field(max_length=MAX_LOGIT_BIAS_ENTRIES, json_schema_extra={"additionalProperties": False}),
+]
 # Tokens a chat template adds around one message, at most (role markers, separators).
 TEMPLATE_TOKENS_PER_MESSAGE = 8
 TEMPLATE_TOKENS_PER_PROMPT = 8
@@ -125,6 +145,11 @@ class ChatCompletionRequest(BaseModel):
     tool_choice: str | dict[str, Any] | None = None
     reasoning: dict[str, Any] | None = None
     reasoning_effort: str | None = None
+    # Log-probabilities of the answer's tokens (and of the `top_logprobs` most likely
+    # alternatives at each position; requires `logprobs: true`).
+    logprobs: bool | None = None
+    top_logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
+    logit_bias: LogitBiasMap | None = None
     # OpenRouter's prompt transforms: "middle-out" (the default here) leaves messages out of the
     # middle of a conversation too long for the model's context; [] turns it off (400
     # context_length_exceeded instead).
@@ -140,9 +165,25 @@ class ChatCompletionRequest(BaseModel):
     @classmethod
     def parse(cls, payload: object) -> ChatCompletionRequest:
         """Validate a decoded JSON body; any problem becomes a 400 naming the parameter."""
-        request = parse_body(cls, payload)
+        try:
+            request = parse_body(cls, payload)
+        except InvalidRequest as error:
+            if error.param is not None and error.param.startswith("logit_bias."):
+                # A bad key or bias: the parameter is logit_bias (a key is no parameter name).
+                raise InvalidRequest(
+                    "Invalid value for 'logit_bias': each key must be a token id (a decimal "
+                    "integer) and each value a bias from -100 to 100.",
+                    param="logit_bias",
+                ) from None
+            raise
         if not request.candidate_models:
             raise InvalidRequest("Missing required parameter: 'model'.", param="model")
+        if request.top_logprobs is not None and not request.logprobs:
+            raise InvalidRequest(
+                "Invalid value for 'top_logprobs': 'logprobs' must be true when 'top_logprobs' "
+                "is set.",
+                param="top_logprobs",
+            )
         return request
 
     @property
@@ -150,6 +191,11 @@ class ChatCompletionRequest(BaseModel):
         """`model`, then the `models` fallbacks, each once."""
         names = ([self.model] if self.model else []) + (self.models or [])
         return list(dict.fromkeys(names))
+
+    @property
+    def top_logprobs_requested(self) -> int | None:
+        """None: no log-probabilities; otherwise how many alternatives per token."""
+        return (self.top_logprobs or 0) if self.logprobs else None
 
     @property
     def middle_out(self) -> bool:
@@ -169,6 +215,8 @@ class ChatCompletionRequest(BaseModel):
             if name == "response_format" and self.response_format is not None:
                 # Some clients send {"type": "text"} by default: that asks for nothing special.
                 used = self.response_format.type != "text"
+            if name in ("logprobs", "logit_bias"):
+                used = bool(getattr(self, name))  # `false` and `{}` ask for nothing
             if used and name not in supported:
                 raise InvalidRequest(
                     f"The parameter '{name}' is not supported by model '{route.name}'.",
@@ -215,6 +263,11 @@ class ChatCompletionRequest(BaseModel):
             sampling.presence_penalty = self.presence_penalty
         if self.frequency_penalty is not None:
             sampling.frequency_penalty = self.frequency_penalty
+        if self.logprobs:
+            sampling.logprobs = True
+            sampling.top_logprobs = self.top_logprobs or 0
+        for token, bias in (self.logit_bias or {}).items():
+            sampling.logit_bias[int(token)] = bias
         return inference_pb2.InferenceRequest(
             transaction_id=transaction_id,
             account_id=account_id,
@@ -263,6 +316,48 @@ class CompletionUsage(BaseModel):
         )
 
 
+class TopLogprob(BaseModel):
+    token: str
+    logprob: float
+    # The token's UTF-8 bytes: a token may hold part of a character (then `token` shows U+FFFD).
+    bytes: list[int] | None
+
+    @classmethod
+    def from_proto(cls, entry: inference_pb2.TopLogprob) -> TopLogprob:
+        return cls(
+            token=entry.token.decode("utf-8", errors="replace"),
+            logprob=entry.logprob,
+            bytes=list(entry.token),
+        )
+
+
+class ChatCompletionTokenLogprob(BaseModel):
+    token: str
+    logprob: float
+    bytes: list[int] | None
+    top_logprobs: list[TopLogprob]
+
+    @classmethod
+    def from_proto(cls, entry: inference_pb2.TokenLogprob) -> ChatCompletionTokenLogprob:
+        return cls(
+            token=entry.token.decode("utf-8", errors="replace"),
+            logprob=entry.logprob,
+            bytes=list(entry.token),
+            top_logprobs=[TopLogprob.from_proto(top) for top in entry.top_logprobs],
+        )
+
+
+class ChoiceLogprobs(BaseModel):
+    """`logprobs` of a choice: every token of the answer with its log-probability under the
+    model's distribution after `logit_bias`, before temperature and top-p (see the README)."""
+
+    content: list[ChatCompletionTokenLogprob] | None
+
+    @classmethod
+    def from_proto(cls, entries: list[inference_pb2.TokenLogprob]) -> ChoiceLogprobs:
+        return cls(content=[ChatCompletionTokenLogprob.from_proto(entry) for entry in entries])
+
+
 class AssistantMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
     content: str
@@ -273,7 +368,7 @@ class Choice(BaseModel):
     index: int = 0
     message: AssistantMessage
     finish_reason: str
-    logprobs: None = None
+    logprobs: ChoiceLogprobs | None = None
 
 
 class ChatCompletion(BaseModel):
@@ -296,7 +391,7 @@ class ChunkChoice(BaseModel):
     index: int = 0
     delta: ChoiceDelta
     finish_reason: str | None = None
-    logprobs: None = None
+    logprobs: ChoiceLogprobs | None = None
 
 
 class ChatCompletionChunk(BaseModel):

@@ -44,6 +44,15 @@ class GenerationRequest:
     # Leave messages out of the middle of a conversation too long for the context (see
     # context_fit.py) rather than fail; False: the client's `transforms: []`.
     middle_out: bool = True
+    # None: no log-probabilities (nothing is computed); otherwise every token's, with this many
+    # (0-20) most likely alternatives.
+    top_logprobs: int | None = None
+    # Token id -> bias in [-100, 100] added to its logit before sampling.
+    logit_bias: tuple[tuple[int, float], ...] = ()
+
+    @property
+    def logprobs(self) -> bool:
+        return self.top_logprobs is not None
 
 
 @dataclass(frozen=True)
@@ -55,8 +64,27 @@ class Usage:
 
 
 @dataclass(frozen=True)
+class TopLogprob:
+    token: bytes  # the token's bytes (a token may hold part of a UTF-8 character)
+    logprob: float
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """A generated token, its log-probability and the most likely tokens at its position."""
+
+    token: bytes
+    logprob: float
+    top_logprobs: tuple[TopLogprob, ...] = ()
+
+
+@dataclass(frozen=True)
 class TextDelta:
     text: str
+    # With GenerationRequest.logprobs: the tokens whose text is in `text` (a token whose text
+    # is split over two deltas comes with the first; `text` may be empty at the end for
+    # tokens without text).
+    logprobs: tuple[TokenLogprob, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -74,8 +102,8 @@ class GenerationFinished:
     finish_reason: FinishReason
     usage: Usage = field(default_factory=Usage)
     error_message: str = ""
-    # With ERROR: regio_common.errors.CONTEXT_LENGTH_EXCEEDED, INVALID_RESPONSE_FORMAT or
-    # GENERATION_FAILED.
+    # With ERROR: regio_common.errors.CONTEXT_LENGTH_EXCEEDED, INVALID_RESPONSE_FORMAT,
+    # INVALID_LOGIT_BIAS or GENERATION_FAILED.
     error_code: str = ""
     # Set when tokens were produced but must not be charged (e.g. "invalid_json").
     unbilled_reason: str = ""

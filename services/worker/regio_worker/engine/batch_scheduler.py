@@ -23,6 +23,7 @@ import structlog
 
 from regio_worker.engine.base import FinishReason, GenerationEvent, TextDelta
 from regio_worker.engine.detokenizer import IncrementalDetokenizer
+from regio_worker.engine.logprobs import LogitBias, Logits, LogprobTracker, token_logprob
 from regio_worker.engine.stop_strings import StopStringFilter
 
 log = structlog.get_logger()
@@ -44,11 +45,13 @@ class SamplingSettings:
     frequency_penalty: float
     seed: int  # uint32; LLAMA_DEFAULT_SEED picks a random one
     grammar: str = ""  # GBNF (root rule "root") the output must follow; empty: free text
+    # Token id -> bias added to its logit (ids already checked against the vocabulary).
+    logit_bias: tuple[tuple[int, float], ...] = ()
 
     @property
     def greedy(self) -> bool:
-        """Plain argmax: no randomness, no grammar and no penalty that depends on earlier
-        tokens."""
+        """Plain argmax (of the biased logits): no randomness, no grammar and no penalty that
+        depends on earlier tokens."""
         return (
             self.temperature <= 0
             and not (self.presence_penalty or self.frequency_penalty)
@@ -67,6 +70,8 @@ class Job:
     stop_strings: tuple[str, ...]
     emit: EmitEvent
     on_finish: Callable[[Job, FinishReason, str], None]
+    # None: no log-probabilities; otherwise each token's, with this many alternatives.
+    top_logprobs: int | None = None
     abort: threading.Event = field(default_factory=threading.Event)
     # Filled in by the scheduler:
     slot: int = -1
@@ -79,6 +84,10 @@ class Job:
     sampler: llama_cpp.llama_sampler_p | None = None
     text: IncrementalDetokenizer | None = None
     stops: StopStringFilter | None = None
+    bias: LogitBias | None = None  # for the argmax and the log-probabilities
+    logprobs: LogprobTracker | None = None
+    # Drawn by _draw_shaped: logprobs asked for, or a bias on the greedy argmax.
+    shaped: bool = False
 
     @property
     def prefilling(self) -> bool:
@@ -214,6 +223,9 @@ class BatchScheduler:
         job.sampler = _build_sampler(job.sampling, self._vocab, self._n_vocab)
         job.text = IncrementalDetokenizer(self._token_bytes)
         job.stops = StopStringFilter(job.stop_strings)
+        job.bias = LogitBias(job.sampling.logit_bias) if job.sampling.logit_bias else None
+        job.logprobs = LogprobTracker(job.top_logprobs) if job.top_logprobs is not None else None
+        job.shaped = job.logprobs is not None or (job.bias is not None and job.sampling.greedy)
 
     def _step(self, running: list[Job]) -> None:
         """One llama_decode over a token of every generating job plus prompt chunks."""
@@ -271,6 +283,8 @@ class BatchScheduler:
 
     def _draw(self, job: Job) -> int:
         """The next token of `job` from its logits in the batch just decoded."""
+        if job.shaped:
+            return self._draw_shaped(job)
         if job.sampling.greedy:
             # Argmax over the logits; llama_sampler_sample would first copy the whole vocabulary
             # into a candidate array.
@@ -280,20 +294,44 @@ class BatchScheduler:
         token: int = llama_cpp.llama_sampler_sample(job.sampler, self._context, job.batch_index)
         return token
 
+    def _draw_shaped(self, job: Job) -> int:
+        """As _draw, for a job with logprobs (left for `_take` in its tracker, see logprobs.py)
+        or with a logit bias on the greedy argmax. Other jobs never come here: their per-token
+        work stays a plain argmax or llama.cpp's sampler (whose chain applies a bias)."""
+        logits = self._logits(job)
+        if job.bias is not None:
+            logits = job.bias.apply(logits)
+        if job.sampling.greedy:
+            token = int(logits.argmax())
+        else:
+            assert job.sampler is not None
+            token = llama_cpp.llama_sampler_sample(job.sampler, self._context, job.batch_index)
+        if job.logprobs is not None:
+            job.logprobs.drawn = token_logprob(logits, token, job.logprobs.top_n, self._token_bytes)
+        return token
+
+    def _logits(self, job: Job) -> Logits:
+        """The job's row of logits in the batch just decoded (llama.cpp's buffer, no copy)."""
+        row = llama_cpp.llama_get_logits_ith(self._context, job.batch_index)
+        return numpy.ctypeslib.as_array(row, shape=(self._n_vocab,))
+
     def _take(self, job: Job, token: int) -> None:
         """Stream the sampled token and end the job when it is done."""
         assert job.text is not None and job.stops is not None
         job.completion_tokens += 1
         job.next_token = token
         if llama_cpp.llama_vocab_is_eog(self._vocab, token):
-            self._emit_text(job, job.stops.feed(job.text.flush()) + job.stops.flush())
+            # The end-of-generation token has no text and no log-probability in the answer.
+            self._emit_text(job, job.stops.feed(job.text.flush()) + job.stops.flush(), end=True)
             self._finish(job, FinishReason.STOP)
             return
+        if job.logprobs is not None:
+            job.logprobs.sampled()
         self._emit_text(job, job.stops.feed(job.text.push(token)))
         if job.stops.stopped:
             self._finish(job, FinishReason.STOP)
         elif job.completion_tokens >= job.max_tokens:
-            self._emit_text(job, job.stops.feed(job.text.flush()) + job.stops.flush())
+            self._emit_text(job, job.stops.feed(job.text.flush()) + job.stops.flush(), end=True)
             self._finish(job, FinishReason.LENGTH)
 
     def _decode_failed(self, running: list[Job], result: int) -> None:
@@ -311,9 +349,17 @@ class BatchScheduler:
     def _slot(self, job: Job) -> _Slot:
         return self._slots[job.slot]
 
-    def _emit_text(self, job: Job, text: str) -> None:
-        if text:
-            job.emit(TextDelta(text))
+    def _emit_text(self, job: Job, text: str, *, end: bool = False) -> None:
+        """Send the text (with the log-probabilities of its tokens when asked for); `end`: the
+        answer is complete."""
+        if job.logprobs is None:
+            if text:
+                job.emit(TextDelta(text))
+            return
+        if text or end:
+            logprobs = job.logprobs.take(text, end=end)
+            if text or logprobs:
+                job.emit(TextDelta(text, logprobs))
 
     def _finish(
         self, job: Job, reason: FinishReason, detail: str = "", *, admitted: bool = True
@@ -344,11 +390,19 @@ def _common_prefix(cached: Sequence[int], prompt: Sequence[int]) -> int:
 def _build_sampler(
     settings: SamplingSettings, vocab: llama_cpp.llama_vocab_p, n_vocab: int
 ) -> llama_cpp.llama_sampler_p:
-    """llama.cpp's usual chain: grammar, penalties, top-k, top-p, min-p, temperature, then a
-    seeded draw; temperature 0 is greedy."""
+    """llama.cpp's usual chain: logit bias, grammar, penalties, top-k, top-p, min-p,
+    temperature, then a seeded draw; temperature 0 is greedy."""
     chain: llama_cpp.llama_sampler_p = llama_cpp.llama_sampler_chain_init(
         llama_cpp.llama_sampler_chain_default_params()
     )
+    if settings.logit_bias:
+        biases = (llama_cpp.llama_logit_bias * len(settings.logit_bias))(
+            *(llama_cpp.llama_logit_bias(token, bias) for token, bias in settings.logit_bias)
+        )
+        # llama.cpp copies the array.
+        llama_cpp.llama_sampler_chain_add(
+            chain, llama_cpp.llama_sampler_init_logit_bias(n_vocab, len(biases), biases)
+        )
     if settings.grammar:
         grammar = llama_cpp.llama_sampler_init_grammar(vocab, settings.grammar.encode(), b"root")
         if not grammar:

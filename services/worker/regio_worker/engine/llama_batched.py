@@ -2,7 +2,9 @@
 llama context (see batch_scheduler.py for how a step is built).
 
 Sampling follows the OpenAI defaults (temperature 1, top_p 1) on top of llama.cpp's top-k 40
-and min-p 0.05, which keep small models on track; temperature 0 samples greedily."""
+and min-p 0.05, which keep small models on track; temperature 0 samples greedily. `logit_bias`
+is applied first (in llama.cpp's sampler chain, and in the greedy argmax); log-probabilities,
+when asked for, are those of the biased logits before any other sampling step (logprobs.py)."""
 
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ from llama_cpp import Llama
 from regio_common.errors import (
     CONTEXT_LENGTH_EXCEEDED,
     GENERATION_FAILED,
+    INVALID_LOGIT_BIAS,
     INVALID_RESPONSE_FORMAT,
 )
 from regio_worker.engine.base import (
@@ -92,6 +95,7 @@ class BatchedLlamaEngine(Engine):
         )
         self._n_ctx: int = min(n_ctx, llama_cpp.llama_model_n_ctx_train(self._llm.model))
         self._vocab = llama_cpp.llama_model_get_vocab(self._llm.model)
+        self._n_vocab: int = llama_cpp.llama_vocab_n_tokens(self._vocab)
         format_chat = named_chat_format(chat_format) if chat_format else gguf_chat_format(self._llm)
         self.prompts = ChatPromptBuilder(format_chat, self._tokenize)
         self._context = _new_context(
@@ -124,6 +128,10 @@ class BatchedLlamaEngine(Engine):
     @property
     def n_ctx(self) -> int:
         return self._n_ctx
+
+    @property
+    def n_vocab(self) -> int:
+        return self._n_vocab
 
     async def generate(self, request: GenerationRequest) -> AsyncGenerator[GenerationEvent, None]:
         try:
@@ -161,6 +169,16 @@ class BatchedLlamaEngine(Engine):
         except ValueError as error:
             yield GenerationFinished(
                 FinishReason.ERROR, usage, str(error), error_code=INVALID_RESPONSE_FORMAT
+            )
+            return
+        unknown = sorted(token for token, _ in request.logit_bias if not 0 <= token < self._n_vocab)
+        if unknown:
+            yield GenerationFinished(
+                FinishReason.ERROR,
+                usage,
+                f"logit_bias: token id {unknown[0]} is not in the model's vocabulary "
+                f"(ids 0 to {self._n_vocab - 1}).",
+                error_code=INVALID_LOGIT_BIAS,
             )
             return
         events: asyncio.Queue[GenerationEvent | None] = asyncio.Queue()
@@ -251,6 +269,7 @@ class BatchedLlamaEngine(Engine):
             stop_strings=(*request.stop, *prompt.stop_strings),
             emit=emit,
             on_finish=on_finish,
+            top_logprobs=request.top_logprobs,
         )
 
     def _tokenize(self, text: str, add_bos: bool) -> list[int]:
@@ -267,6 +286,7 @@ def _sampling(request: GenerationRequest, grammar: str) -> SamplingSettings:
         presence_penalty=request.presence_penalty or 0.0,
         frequency_penalty=request.frequency_penalty or 0.0,
         seed=llama_cpp.LLAMA_DEFAULT_SEED if request.seed is None else request.seed % SEED_MODULUS,
+        logit_bias=request.logit_bias,
     )
 
 

@@ -15,7 +15,12 @@ subtracting an **upper bound** of its tokens (see `free_prompt_bound`):
   bound; cached_tokens likewise (the free prompt comes first, so a reused prefix covers it first).
 
 Without a usage chunk (cancelled, or the stream broke), prompt tokens are unknown and billed as
-0, completion tokens as the number of text deltas received (each holds at least one token)."""
+0, completion tokens as the number of text deltas received (each holds at least one token).
+
+`logprobs`, `top_logprobs` and `logit_bias` are forwarded as they came; the upstream's
+`choices[0].logprobs.content` entries travel back with the text of their chunk (an upstream
+that sends none gives an empty list). An upstream's 4xx that names `logit_bias` (a token id
+outside its vocabulary) is the client's 400 on `logit_bias`."""
 
 from __future__ import annotations
 
@@ -30,7 +35,7 @@ from typing import Any, TypeVar
 import aiohttp
 import structlog
 
-from regio_common.errors import CONTEXT_LENGTH_EXCEEDED, GENERATION_FAILED
+from regio_common.errors import CONTEXT_LENGTH_EXCEEDED, GENERATION_FAILED, INVALID_LOGIT_BIAS
 from regio_worker.engine.base import (
     Engine,
     FinishReason,
@@ -39,6 +44,8 @@ from regio_worker.engine.base import (
     GenerationRequest,
     OutputFormat,
     TextDelta,
+    TokenLogprob,
+    TopLogprob,
     Usage,
 )
 
@@ -72,6 +79,7 @@ MESSAGE_UNREACHABLE = "The model server is unreachable."
 MESSAGE_TIMEOUT = "The model server did not answer in time."
 MESSAGE_BROKEN_STREAM = "The model server ended the answer unexpectedly."
 MESSAGE_BAD_STREAM = "The model server sent an answer that could not be read."
+MESSAGE_LOGIT_BIAS = "The model server refused logit_bias: a token id is not in its vocabulary."
 
 _T = TypeVar("_T")
 
@@ -115,6 +123,11 @@ def chat_completion_body(request: GenerationRequest, model: str | None) -> dict[
     body.update({name: value for name, value in optional.items() if value is not None})
     if request.stop:
         body["stop"] = list(request.stop)
+    if request.top_logprobs is not None:
+        body["logprobs"] = True
+        body["top_logprobs"] = request.top_logprobs
+    if request.logit_bias:
+        body["logit_bias"] = {str(token): bias for token, bias in request.logit_bias}
     if request.output_format is OutputFormat.JSON_OBJECT:
         body["response_format"] = {"type": "json_object"}
     elif request.output_format is OutputFormat.JSON_SCHEMA:
@@ -181,6 +194,7 @@ class StreamChunk:
     finish_reason: str | None = None
     usage: UpstreamUsage | None = None
     done: bool = False
+    logprobs: tuple[TokenLogprob, ...] = ()
 
 
 def parse_event(event: SseEvent) -> StreamChunk:
@@ -196,6 +210,7 @@ def parse_event(event: SseEvent) -> StreamChunk:
     if event.event == "error" or "error" in payload:
         raise upstream_error(None, json.dumps(payload.get("error", payload)))
     text, finish_reason = "", None
+    logprobs: tuple[TokenLogprob, ...] = ()
     choices = payload.get("choices") or []
     if isinstance(choices, list) and choices and isinstance(choices[0], dict):
         choice = choices[0]
@@ -204,7 +219,44 @@ def parse_event(event: SseEvent) -> StreamChunk:
             text = delta["content"]
         if isinstance(choice.get("finish_reason"), str):
             finish_reason = choice["finish_reason"]
-    return StreamChunk(text, finish_reason, parse_usage(payload.get("usage")))
+        logprobs = parse_logprobs(choice.get("logprobs"))
+    return StreamChunk(text, finish_reason, parse_usage(payload.get("usage")), logprobs=logprobs)
+
+
+def parse_logprobs(raw: object) -> tuple[TokenLogprob, ...]:
+    """A chunk's `logprobs.content` entries; entries that cannot be read are left out."""
+    content = raw.get("content") if isinstance(raw, dict) else None
+    if not isinstance(content, list):
+        return ()
+    entries: list[TokenLogprob] = []
+    for item in content:
+        parsed = _token_and_logprob(item)
+        if parsed is None:
+            continue
+        top_raw = item.get("top_logprobs")
+        top = [_token_and_logprob(other) for other in top_raw] if isinstance(top_raw, list) else []
+        entries.append(
+            TokenLogprob(
+                parsed[0],
+                parsed[1],
+                tuple(TopLogprob(*other) for other in top if other is not None),
+            )
+        )
+    return tuple(entries)
+
+
+def _token_and_logprob(item: object) -> tuple[bytes, float] | None:
+    """(the token's bytes, its logprob) of an upstream entry; `bytes` preferred over `token`."""
+    if not isinstance(item, dict):
+        return None
+    token, logprob, raw_bytes = item.get("token"), item.get("logprob"), item.get("bytes")
+    if not isinstance(token, str) or not isinstance(logprob, int | float):
+        return None
+    if isinstance(raw_bytes, list) and all(
+        isinstance(byte, int) and 0 <= byte < 256 for byte in raw_bytes
+    ):
+        return bytes(raw_bytes), float(logprob)
+    return token.encode(), float(logprob)
 
 
 def parse_usage(raw: object) -> UpstreamUsage | None:
@@ -232,6 +284,8 @@ def upstream_error(status: int | None, body: str) -> UpstreamError:
     a context-length complaint, or a generic failure. Never the upstream's own text."""
     if (status is None or 400 <= status < 500) and is_context_length_error(body):
         return UpstreamError(CONTEXT_LENGTH_EXCEEDED, MESSAGE_CONTEXT_LENGTH)
+    if status is not None and 400 <= status < 500 and "logit_bias" in body.lower():
+        return UpstreamError(INVALID_LOGIT_BIAS, MESSAGE_LOGIT_BIAS)
     where = f" (HTTP {status})" if status is not None else ""
     return UpstreamError(GENERATION_FAILED, f"The model server failed{where}.")
 
@@ -341,9 +395,9 @@ class OpenAIProxyEngine(Engine):
         try:
             try:
                 async with contextlib.aclosing(self._stream(request, call, progress)) as pieces:
-                    async for text in pieces:
+                    async for text, logprobs in pieces:
                         progress.deltas += 1
-                        yield TextDelta(text)
+                        yield TextDelta(text, logprobs)
             except _Cancelled:
                 usage = await self._usage(progress, request, free_count)
                 yield GenerationFinished(FinishReason.CANCELLED, usage)
@@ -370,9 +424,9 @@ class OpenAIProxyEngine(Engine):
 
     async def _stream(
         self, request: GenerationRequest, call: _Call, progress: _Progress
-    ) -> AsyncGenerator[str, None]:
-        """Text pieces of the upstream stream; fills `progress`; raises _Cancelled or
-        UpstreamError."""
+    ) -> AsyncGenerator[tuple[str, tuple[TokenLogprob, ...]], None]:
+        """Text pieces of the upstream stream with their tokens' logprobs; fills `progress`;
+        raises _Cancelled or UpstreamError."""
         body = chat_completion_body(request, self._model)
         try:
             response = await _unless_aborted(self._http().post(self._chat_url, json=body), call)
@@ -400,8 +454,8 @@ class OpenAIProxyEngine(Engine):
                         progress.usage = chunk.usage
                     if chunk.finish_reason is not None:
                         progress.finish_reason = chunk.finish_reason
-                    if chunk.text:
-                        yield chunk.text
+                    if chunk.text or chunk.logprobs:
+                        yield chunk.text, chunk.logprobs
                 if not line:
                     return  # end of the body without [DONE]
         except (_Cancelled, UpstreamError):

@@ -2,7 +2,9 @@
 pieces, one "token" per piece, at a configurable pace, with honest counts.
 
 Token counting is by whitespace-separated words: prompt_tokens counts the words of the messages,
-free_prompt_tokens those of the free system prompt."""
+free_prompt_tokens those of the free system prompt. With logprobs, every piece has the
+log-probability SCRIPTED_LOGPROB and is the most likely of its top_logprobs, followed by
+alternatives " alt1", " alt2", ... with lower ones; logit_bias is accepted and ignored."""
 
 from __future__ import annotations
 
@@ -16,10 +18,13 @@ from regio_worker.engine.base import (
     GenerationFinished,
     GenerationRequest,
     TextDelta,
+    TokenLogprob,
+    TopLogprob,
     Usage,
 )
 
 DEFAULT_PIECES = ("Hello", " from", " the", " scripted", " worker", ".")
+SCRIPTED_LOGPROB = -0.125  # exact in float32, as the protocol carries it
 
 
 class ScriptedEngineFailure(RuntimeError):
@@ -68,7 +73,7 @@ class ScriptedEngine(Engine):
                 if self._delay:
                     await asyncio.sleep(self._delay)
                 sent += 1
-                yield TextDelta(piece)
+                yield TextDelta(piece, _logprobs(piece, request.top_logprobs))
             usage = Usage(
                 prompt_tokens=prompt_tokens, completion_tokens=sent, free_prompt_tokens=free_tokens
             )
@@ -83,6 +88,15 @@ class ScriptedEngine(Engine):
 
     async def close(self) -> None:
         self._aborted.update(self._running)
+
+
+def _logprobs(piece: str, top_logprobs: int | None) -> tuple[TokenLogprob, ...]:
+    if top_logprobs is None:
+        return ()
+    token = piece.encode()
+    top = [TopLogprob(token, SCRIPTED_LOGPROB)]
+    top += [TopLogprob(f" alt{rank}".encode(), -2.0 - rank) for rank in range(1, top_logprobs)]
+    return (TokenLogprob(token, SCRIPTED_LOGPROB, tuple(top[:top_logprobs])),)
 
 
 def _word_count(text: str) -> int:
