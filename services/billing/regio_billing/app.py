@@ -106,6 +106,7 @@ class BillingApp:
             fetch_wait_seconds=self._usage_fetch_wait,
             settle_batch=self._ledger.settle_batch,
             metrics=self.metrics,
+            stream_replicas=settings.nats_stream_replicas,
         )
         await self._consumer.start()
 

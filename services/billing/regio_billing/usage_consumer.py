@@ -74,6 +74,7 @@ class UsageConsumer:
         *,
         settle_batch: SettleBatchFunction | None = None,
         metrics: BillingMetrics | None = None,
+        stream_replicas: int = 1,
     ) -> None:
         """`settle` settles one record (the fallback, and the only path without
         `settle_batch`); `settle_batch` settles a whole pull in one transaction."""
@@ -84,13 +85,15 @@ class UsageConsumer:
         self._fetch_wait = fetch_wait_seconds
         self._retry_delay = retry_delay_seconds
         self._metrics = metrics
+        # Used when billing starts before any worker and creates the stream itself.
+        self._stream_replicas = stream_replicas
         self._subscription: Any = None
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
         self._in_flight_limit = 1
 
     async def start(self) -> None:
-        await ensure_usage_stream(self._js)
+        await ensure_usage_stream(self._js, self._stream_replicas)
         self._subscription = await self._js.pull_subscribe(
             USAGE_WILDCARD,
             durable=BILLING_USAGE_CONSUMER,
