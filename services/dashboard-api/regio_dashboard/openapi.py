@@ -13,7 +13,7 @@ from typing import Any
 
 from aiohttp import web
 
-from regio_common.openapi_schemas import SchemaCollector
+from regio_common.openapi_schemas import SchemaCollector, bearer_document
 from regio_dashboard.operations import Operation, operation_of
 from regio_dashboard.schemas import ErrorEnvelope
 
@@ -114,29 +114,16 @@ def build_document(app: web.Application) -> dict[str, Any]:
             item["operationId"] = f"{route.method.lower()}_{re.sub(r'[^A-Za-z0-9]+', '_', path)}"
         operation_ids.add(item["operationId"])
         paths.setdefault(path, {})[route.method.lower()] = item
-    return {
-        "openapi": "3.1.0",
-        "info": {
-            "title": "Regio dashboard API",
-            "version": "1",
-            "description": (
-                "Accounts, route activations, keys and credits of Regio. Errors use the envelope "
-                '`{"error": {"message", "type", "code", "param"}}`; lists are cursor-paged.'
-            ),
-        },
-        "security": [{"bearer": []}],
-        "paths": paths,
-        "components": {
-            "schemas": dict(sorted(schemas.schemas.items())),
-            "securitySchemes": {
-                "bearer": {
-                    "type": "http",
-                    "scheme": "bearer",
-                    "description": "The admin token, or an account owner's `rgm-` token.",
-                }
-            },
-        },
-    }
+    return bearer_document(
+        title="Regio dashboard API",
+        description=(
+            "Accounts, route activations, keys and credits of Regio. Errors use the envelope "
+            '`{"error": {"message", "type", "code", "param"}}`; lists are cursor-paged.'
+        ),
+        paths=paths,
+        schemas=schemas,
+        bearer_description="The admin token, or an account owner's `rgm-` token.",
+    )
 
 
 def render(document: dict[str, Any]) -> str:

@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from regio_common.openapi_schemas import REF_TEMPLATE, SchemaCollector
+from regio_common.openapi_schemas import REF_TEMPLATE, SchemaCollector, bearer_document
 from regio_gateway.protocol.chat_completion import (
     ChatCompletion,
     ChatCompletionChunk,
@@ -251,31 +251,18 @@ def build_document() -> dict[str, Any]:
         MODELS_PATH: {"get": _list_models(schemas)},
         HEALTH_PATH: {"get": _health(schemas)},
     }
-    return {
-        "openapi": "3.1.0",
-        "info": {
-            "title": "Regio gateway API",
-            "version": "1",
-            "description": (
-                "The OpenAI-compatible inference API of Regio. Every response carries "
-                "`x-transaction-id`; errors use the envelope "
-                '`{"error": {"message", "type", "param", "code"}}`. Requests are served in '
-                "the endpoint's region, named by the first label of its host name."
-            ),
-        },
-        "security": [{"bearer": []}],
-        "paths": paths,
-        "components": {
-            "schemas": dict(sorted(schemas.schemas.items())),
-            "securitySchemes": {
-                "bearer": {
-                    "type": "http",
-                    "scheme": "bearer",
-                    "description": "An API key (`rg-…`) issued through the dashboard API.",
-                }
-            },
-        },
-    }
+    return bearer_document(
+        title="Regio gateway API",
+        description=(
+            "The OpenAI-compatible inference API of Regio. Every response carries "
+            "`x-transaction-id`; errors use the envelope "
+            '`{"error": {"message", "type", "param", "code"}}`. Requests are served in '
+            "the endpoint's region, named by the first label of its host name."
+        ),
+        paths=paths,
+        schemas=schemas,
+        bearer_description="An API key (`rg-…`) issued through the dashboard API.",
+    )
 
 
 def render(document: dict[str, Any]) -> str:
