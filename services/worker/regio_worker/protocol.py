@@ -10,8 +10,15 @@ from regio_worker.engine.base import (
     FinishReason,
     GenerationFinished,
     GenerationRequest,
+    MediaKind,
+    MediaPart,
     OutputFormat,
+    ReasoningEffort,
     TokenLogprob,
+    ToolCall,
+    ToolCallDelta,
+    ToolChoiceMode,
+    ToolDefinition,
     Usage,
 )
 
@@ -26,6 +33,26 @@ FINISH_REASON_TO_PROTO: dict[FinishReason, inference_pb2.FinishReason.ValueType]
     FinishReason.LENGTH: inference_pb2.FINISH_REASON_LENGTH,
     FinishReason.CANCELLED: inference_pb2.FINISH_REASON_CANCELLED,
     FinishReason.ERROR: inference_pb2.FINISH_REASON_ERROR,
+    FinishReason.TOOL_CALLS: inference_pb2.FINISH_REASON_TOOL_CALLS,
+}
+
+TOOL_CHOICE_MODES: dict[inference_pb2.ToolChoice.Mode.ValueType, ToolChoiceMode] = {
+    inference_pb2.ToolChoice.MODE_AUTO: ToolChoiceMode.AUTO,
+    inference_pb2.ToolChoice.MODE_NONE: ToolChoiceMode.NONE,
+    inference_pb2.ToolChoice.MODE_REQUIRED: ToolChoiceMode.REQUIRED,
+    inference_pb2.ToolChoice.MODE_FUNCTION: ToolChoiceMode.FUNCTION,
+}
+
+REASONING_EFFORTS: dict[inference_pb2.Reasoning.Effort.ValueType, ReasoningEffort] = {
+    inference_pb2.Reasoning.EFFORT_OFF: ReasoningEffort.OFF,
+    inference_pb2.Reasoning.EFFORT_MEDIUM: ReasoningEffort.MEDIUM,
+    inference_pb2.Reasoning.EFFORT_HIGH: ReasoningEffort.HIGH,
+    inference_pb2.Reasoning.EFFORT_MAX: ReasoningEffort.MAX,
+}
+
+MEDIA_KINDS: dict[inference_pb2.MediaPart.Kind.ValueType, MediaKind] = {
+    inference_pb2.MediaPart.KIND_IMAGE: MediaKind.IMAGE,
+    inference_pb2.MediaPart.KIND_AUDIO: MediaKind.AUDIO,
 }
 
 
@@ -36,11 +63,28 @@ class WorkerIdentity:
     route: str
 
 
+def chat_message(message: inference_pb2.ChatMessage) -> ChatMessage:
+    return ChatMessage(
+        message.role,
+        message.content,
+        tool_calls=tuple(
+            ToolCall(call.id, call.name, call.arguments) for call in message.tool_calls
+        ),
+        tool_call_id=message.tool_call_id,
+        name=message.name,
+        media=tuple(
+            MediaPart(MEDIA_KINDS[part.kind], part.data, part.mime_type, part.text_offset)
+            for part in message.media
+            if part.kind in MEDIA_KINDS
+        ),
+    )
+
+
 def generation_request(request: inference_pb2.InferenceRequest) -> GenerationRequest:
     sampling = request.sampling
     return GenerationRequest(
         transaction_id=request.transaction_id,
-        messages=tuple(ChatMessage(m.role, m.content) for m in request.messages),
+        messages=tuple(chat_message(m) for m in request.messages),
         free_system_prompt=request.free_system_prompt,
         max_tokens=sampling.max_tokens or None,  # 0: not set
         temperature=sampling.temperature if sampling.HasField("temperature") else None,
@@ -58,6 +102,15 @@ def generation_request(request: inference_pb2.InferenceRequest) -> GenerationReq
         middle_out=not request.no_middle_out,
         top_logprobs=sampling.top_logprobs if sampling.logprobs else None,
         logit_bias=tuple(sorted(sampling.logit_bias.items())),
+        tools=tuple(
+            ToolDefinition(tool.name, tool.description, tool.parameters_json, tool.strict)
+            for tool in request.tools
+        ),
+        tool_choice=TOOL_CHOICE_MODES[request.tool_choice.mode],
+        tool_choice_function=request.tool_choice.function_name,
+        parallel_tool_calls=not request.single_tool_call,
+        reasoning_effort=REASONING_EFFORTS[request.reasoning.effort],
+        reasoning_budget=request.reasoning.budget_tokens or None,
     )
 
 
@@ -87,17 +140,26 @@ def rejected_chunk(
 def delta_chunk(
     transaction_id: str,
     sequence: int,
-    text: str,
+    text: str = "",
     dropped_messages: int = 0,
     logprobs: tuple[TokenLogprob, ...] = (),
+    reasoning: str = "",
+    tool_calls: tuple[ToolCallDelta, ...] = (),
 ) -> inference_pb2.InferenceChunk:
     return inference_pb2.InferenceChunk(
         transaction_id=transaction_id,
         sequence=sequence,
         kind=inference_pb2.CHUNK_KIND_DELTA,
         text_delta=text,
+        reasoning_delta=reasoning,
         dropped_messages=dropped_messages,
         logprobs=[logprob_message(entry) for entry in logprobs],
+        tool_calls=[
+            inference_pb2.ToolCallDelta(
+                index=call.index, id=call.id, name=call.name, arguments=call.arguments
+            )
+            for call in tool_calls
+        ],
     )
 
 
@@ -124,6 +186,7 @@ def final_chunk(
         error_message=finished.error_message,
         error_code=finished.error_code,
         dropped_messages=dropped_messages,
+        thinking_rescued=finished.thinking_rescued,
     )
 
 
@@ -133,6 +196,7 @@ def usage_message(usage: Usage) -> inference_pb2.Usage:
         completion_tokens=usage.completion_tokens,
         free_prompt_tokens=usage.free_prompt_tokens,
         cached_tokens=usage.cached_tokens,
+        reasoning_tokens=usage.reasoning_tokens,
     )
 
 

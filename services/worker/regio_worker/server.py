@@ -30,7 +30,9 @@ from regio_worker.engine.base import (
     FinishReason,
     GenerationFinished,
     OutputFormat,
+    ReasoningDelta,
     TextDelta,
+    ToolCallDelta,
     Usage,
 )
 from regio_worker.engine.json_output import checked_json_output
@@ -211,17 +213,33 @@ class WorkerServer:
                     if isinstance(event, ContextCompressed):
                         job.dropped_messages = event.dropped_messages
                         continue
-                    assert isinstance(event, TextDelta)
-                    if json_mode:
-                        text.append(event.text)
-                    chunk = delta_chunk(
-                        job.transaction_id,
-                        job.next_sequence(),
-                        event.text,
-                        # The gateway learns it before its first byte to the client.
-                        dropped_messages=job.dropped_messages if deltas_sent == 0 else 0,
-                        logprobs=event.logprobs,
-                    )
+                    # The gateway learns it before its first byte to the client.
+                    dropped = job.dropped_messages if deltas_sent == 0 else 0
+                    if isinstance(event, ReasoningDelta):
+                        chunk = delta_chunk(
+                            job.transaction_id,
+                            job.next_sequence(),
+                            reasoning=event.text,
+                            dropped_messages=dropped,
+                        )
+                    elif isinstance(event, ToolCallDelta):
+                        chunk = delta_chunk(
+                            job.transaction_id,
+                            job.next_sequence(),
+                            tool_calls=(event,),
+                            dropped_messages=dropped,
+                        )
+                    else:
+                        assert isinstance(event, TextDelta)
+                        if json_mode:
+                            text.append(event.text)
+                        chunk = delta_chunk(
+                            job.transaction_id,
+                            job.next_sequence(),
+                            event.text,
+                            dropped_messages=dropped,
+                            logprobs=event.logprobs,
+                        )
                     job.text_sent()
                     if not await self._reply(job.reply_subject, chunk):
                         self._engine.abort(job.transaction_id)  # nobody can read it any more

@@ -13,12 +13,63 @@ class FinishReason(StrEnum):
     LENGTH = "length"  # max_tokens (or the context) reached
     CANCELLED = "cancelled"  # aborted by a cancel request
     ERROR = "error"
+    TOOL_CALLS = "tool_calls"  # the answer ends with one or more tool calls
+
+
+class MediaKind(StrEnum):
+    IMAGE = "image"
+    AUDIO = "audio"
+
+
+@dataclass(frozen=True)
+class MediaPart:
+    """An image or audio clip of a message, fetched/decoded and checked by the gateway (PDF
+    pages arrive as images)."""
+
+    kind: MediaKind
+    data: bytes
+    mime_type: str
+    text_offset: int  # characters of the message's content that come before it
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    id: str
+    name: str
+    arguments: str  # JSON text of the arguments object
 
 
 @dataclass(frozen=True)
 class ChatMessage:
     role: str
     content: str
+    # An assistant turn that called tools; a "tool" turn answers `tool_call_id`.
+    tool_calls: tuple[ToolCall, ...] = ()
+    tool_call_id: str = ""
+    name: str = ""
+    media: tuple[MediaPart, ...] = ()
+
+
+@dataclass(frozen=True)
+class ToolDefinition:
+    name: str
+    description: str = ""
+    parameters_json: str = ""  # JSON schema of the arguments; empty: any object
+    strict: bool = False
+
+
+class ToolChoiceMode(StrEnum):
+    AUTO = "auto"
+    NONE = "none"
+    REQUIRED = "required"
+    FUNCTION = "function"  # the one named by GenerationRequest.tool_choice_function
+
+
+class ReasoningEffort(StrEnum):
+    OFF = "off"
+    MEDIUM = "medium"
+    HIGH = "high"
+    MAX = "max"
 
 
 class OutputFormat(StrEnum):
@@ -49,10 +100,22 @@ class GenerationRequest:
     top_logprobs: int | None = None
     # Token id -> bias in [-100, 100] added to its logit before sampling.
     logit_bias: tuple[tuple[int, float], ...] = ()
+    tools: tuple[ToolDefinition, ...] = ()
+    tool_choice: ToolChoiceMode = ToolChoiceMode.AUTO
+    tool_choice_function: str = ""  # with ToolChoiceMode.FUNCTION
+    parallel_tool_calls: bool = True  # False: at most one call
+    reasoning_effort: ReasoningEffort = ReasoningEffort.OFF
+    # Most tokens of the reasoning phase before it is cut (thinking rescue); None: the engine's
+    # default share of max_tokens for the effort.
+    reasoning_budget: int | None = None
 
     @property
     def logprobs(self) -> bool:
         return self.top_logprobs is not None
+
+    @property
+    def may_call_tools(self) -> bool:
+        return bool(self.tools) and self.tool_choice is not ToolChoiceMode.NONE
 
 
 @dataclass(frozen=True)
@@ -61,6 +124,7 @@ class Usage:
     completion_tokens: int = 0  # every sampled token
     free_prompt_tokens: int = 0
     cached_tokens: int = 0  # billable prompt tokens reused from the KV cache
+    reasoning_tokens: int = 0  # of completion_tokens, those of the reasoning phase
 
 
 @dataclass(frozen=True)
@@ -88,6 +152,25 @@ class TextDelta:
 
 
 @dataclass(frozen=True)
+class ReasoningDelta:
+    """Text of the reasoning phase (without its start/end markers)."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class ToolCallDelta:
+    """A piece of a tool call, OpenAI's way: the first piece of a call (by `index`, 0-based in
+    the answer) carries `id` and `name`; later pieces of the same index only append to
+    `arguments`. An engine may send a whole call as one piece."""
+
+    index: int
+    id: str = ""
+    name: str = ""
+    arguments: str = ""
+
+
+@dataclass(frozen=True)
 class ContextCompressed:
     """Before any text: the conversation did not fit the context, so `dropped_messages` of
     its middle were left out of the prompt (engines that count tokens only)."""
@@ -107,15 +190,21 @@ class GenerationFinished:
     error_code: str = ""
     # Set when tokens were produced but must not be charged (e.g. "invalid_json").
     unbilled_reason: str = ""
+    # Why the reasoning phase was cut and the model made to answer ("budget", "loop"); "".
+    thinking_rescued: str = ""
 
 
-GenerationEvent = TextDelta | ContextCompressed | GenerationFinished
+GenerationEvent = (
+    TextDelta | ReasoningDelta | ToolCallDelta | ContextCompressed | GenerationFinished
+)
 
 
 class Engine(ABC):
     """Generates text for requests. Implementations end every generation with exactly one
-    GenerationFinished event, also on failure, after zero or more TextDelta events (preceded by
-    one ContextCompressed event when the prompt was compressed to fit)."""
+    GenerationFinished event, also on failure, after zero or more TextDelta, ReasoningDelta and
+    ToolCallDelta events (preceded by one ContextCompressed event when the prompt was
+    compressed to fit). Reasoning comes before the answer; an answer with tool calls finishes
+    with FinishReason.TOOL_CALLS."""
 
     @property
     @abstractmethod
