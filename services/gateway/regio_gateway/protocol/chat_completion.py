@@ -19,6 +19,7 @@ from regio.inference.v1 import inference_pb2
 from regio_common.catalogue import Route
 from regio_common.errors import InvalidRequest
 from regio_common.validation import parse_body
+from regio_gateway.protocol.content_parts import ContentPart, TextContentPart
 
 # Optional request fields with their names in a route's `supported_parameters`.
 OPTIONAL_PARAMETERS = (
@@ -56,18 +57,11 @@ TEMPLATE_TOKENS_PER_MESSAGE = 8
 TEMPLATE_TOKENS_PER_PROMPT = 8
 
 
-class TextContentPart(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    type: Literal["text"]
-    text: str
-
-
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: str | list[TextContentPart] | None = None
+    content: str | list[ContentPart] | None = None
     name: str | None = None
 
     @property
@@ -76,7 +70,7 @@ class ChatMessage(BaseModel):
             return ""
         if isinstance(self.content, str):
             return self.content
-        return "".join(part.text for part in self.content)
+        return "".join(part.text for part in self.content if isinstance(part, TextContentPart))
 
 
 class JsonSchemaFormat(BaseModel):
