@@ -84,7 +84,8 @@ def test_streaming_raw_sse_ends_with_done(stack: Stack, client: openai.OpenAI) -
 
 def test_models_lists_the_activated_routes_of_the_region(client: openai.OpenAI) -> None:
     models = client.models.list()
-    assert [model.id for model in models.data] == ["liv"]
+    # The demo account has every route of the e2e catalogue activated in eu, sorted by id.
+    assert [model.id for model in models.data] == ["liv", "liv-think", "scripta"]
     liv = models.data[0].model_dump()
     assert liv["object"] == "model"
     assert liv["base_models"] == ["google/gemma-3-270m"]
@@ -92,7 +93,7 @@ def test_models_lists_the_activated_routes_of_the_region(client: openai.OpenAI) 
     assert liv["max_tokens"] == 2048
     assert liv["capabilities"] == {
         "thinking": False,
-        "tools": False,
+        "tools": True,
         "vision": False,
         "audio": False,
         "json_mode": True,

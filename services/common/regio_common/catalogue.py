@@ -33,12 +33,45 @@ class ModelSource(BaseModel):
     chat_format: str | None = Field(
         None, description="llama-cpp-python chat format (e.g. 'gemma'); None: the GGUF's template"
     )
+    mmproj_path: Path | None = Field(
+        None,
+        description="GGUF of the model's multimodal projector (llama.cpp mtmd), needed to read "
+        "images and audio; relative: in the worker's models directory. None: text only",
+    )
+
+    thinking_start: str | None = Field(
+        None,
+        min_length=1,
+        description="The text that opens the model's reasoning (e.g. '<think>'); with "
+        "thinking_end. None: the model does not reason",
+    )
+    thinking_end: str | None = Field(
+        None, min_length=1, description="The text that closes the reasoning (e.g. '</think>')"
+    )
+    thinking_switch: str = Field(
+        "",
+        description="Text put first in the system prompt when the model is to reason, for "
+        "models that think only when told (Gemma 4: '<|think|>'); empty: none needed",
+    )
 
     @model_validator(mode="after")
     def _exactly_one_source(self) -> ModelSource:
         if (self.gguf_path is None) == (self.gguf_package is None):
             raise ValueError("a model source needs exactly one of gguf_path or gguf_package")
         return self
+
+    @model_validator(mode="after")
+    def _thinking_markers_paired(self) -> ModelSource:
+        if (self.thinking_start is None) != (self.thinking_end is None):
+            raise ValueError("thinking_start and thinking_end go together")
+        if self.thinking_switch and self.thinking_start is None:
+            raise ValueError("thinking_switch needs thinking_start and thinking_end")
+        return self
+
+    @property
+    def reasons(self) -> bool:
+        """The model marks its reasoning (thinking_start / thinking_end are set)."""
+        return self.thinking_start is not None and self.thinking_end is not None
 
 
 class Route(BaseModel):
@@ -55,8 +88,24 @@ class Route(BaseModel):
     regions: list[str]
     capabilities: Capabilities = Capabilities()
     supported_parameters: list[str] = Field(default_factory=list)
+    # Most prompt tokens one image (a PDF page is one) and one audio clip become on this route:
+    # the gateway's credit hold counts them, and the worker refuses an item above its bound (and
+    # asks a projector with dynamic resolution for at most this many tokens per image).
+    tokens_per_image: int = Field(1024, gt=0)
+    tokens_per_audio_clip: int = Field(1500, gt=0)
     owned_by: str = "regio"
     created: int = 1_767_225_600  # 2026-01-01, when the route was first offered
+
+    @model_validator(mode="after")
+    def _thinking_has_markers(self) -> Route:
+        # The worker splits reasoning from the answer by the markers, and sets the effort by
+        # opening or closing the reasoning block in the prompt.
+        if self.capabilities.thinking and not self.source.reasons:
+            raise ValueError(
+                f"route {self.name} has the capability 'thinking': its source needs "
+                "thinking_start and thinking_end (how the model marks its reasoning)"
+            )
+        return self
 
     @property
     def input_price_nano(self) -> int:

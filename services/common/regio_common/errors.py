@@ -10,6 +10,13 @@ CONTEXT_LENGTH_EXCEEDED = "context_length_exceeded"  # the client's prompt does 
 GENERATION_FAILED = "generation_failed"  # our failure
 INVALID_RESPONSE_FORMAT = "invalid_response_format"  # a JSON schema the worker cannot enforce
 INVALID_LOGIT_BIAS = "invalid_logit_bias"  # a logit_bias token id outside the vocabulary
+INVALID_TOOLS = "invalid_tools"  # tool parameter schemas the worker cannot turn into a grammar
+# Media the worker cannot read at all (no multimodal projector, or none for that modality);
+# also the gateway's 400 code for media on a route without the capability.
+UNSUPPORTED_CONTENT = "unsupported_content"
+INVALID_MEDIA = "invalid_media"  # an image or clip the projector cannot decode, or too long
+# The gateway's 400 code for a client's media URL that could not be downloaded.
+INVALID_IMAGE_URL = "invalid_image_url"
 
 
 class RegioError(Exception):

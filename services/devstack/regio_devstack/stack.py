@@ -20,6 +20,7 @@ from regio_devstack.credentials import NATS_OPS_USER, StackCredentials, write_pr
 from regio_devstack.processes import ManagedProcess, free_port, port_open
 from regio_devstack.servers import BASE_NATS_CONF, NatsServer, PostgresServer
 from regio_worker.model_files import resolve_model_path
+from regio_worker.settings import EngineName
 
 DEMO_ACCOUNT = "demo"
 # The NATS user (deploy/k8s/base/nats.conf) each service module connects as.
@@ -56,6 +57,23 @@ class StackConfig:
     # False: start() brings up servers and services but no llama.cpp worker (and assembles no
     # model); the caller starts its own workers with start_worker(route, country, **env).
     start_route_workers: bool = True
+    # The engine of a route's workers (REGIO_WORKER_ENGINE), e.g. {"scripta": "scripted"}; a
+    # route not named runs the worker's default, llama.cpp on the route's model.
+    route_engines: dict[str, EngineName] = field(default_factory=dict)
+    # Further REGIO_* settings of a route's workers, e.g. {"liv-think": {"REGIO_WORKER_N_CTX":
+    # "2048"}}; start_worker's own arguments win over them.
+    route_worker_env: dict[str, dict[str, str]] = field(default_factory=dict)
+
+    def worker_env_of(self, route: str) -> dict[str, str]:
+        """The settings every worker of `route` starts with."""
+        env = dict(self.route_worker_env.get(route, {}))
+        if route in self.route_engines:
+            env["REGIO_WORKER_ENGINE"] = self.route_engines[route]
+        return env
+
+    def runs_model(self, route: str) -> bool:
+        """Whether the workers of `route` load its GGUF (a scripted or proxy worker does not)."""
+        return self.route_engines.get(route, "llama_cpp") == "llama_cpp"
 
 
 @dataclass(frozen=True)
@@ -183,7 +201,7 @@ class Stack:
     def _prepare_models(self) -> None:
         """Assemble packaged GGUF files before the workers start, so the wait is explained."""
         for route in self.catalogue.routes.values():
-            if route.source.gguf_package is None:
+            if route.source.gguf_package is None or not self.config.runs_model(route.name):
                 continue
             self.say(
                 f"preparing the model of route {route.name} ({route.source.gguf_package}); "
@@ -240,7 +258,8 @@ class Stack:
         return free_port()
 
     def start_worker(self, route: str, country: str, **env: str) -> ManagedProcess:
-        """A worker of `route` in `country`; `env` adds or overrides its REGIO_* settings."""
+        """A worker of `route` in `country`, with the route's engine and settings from the
+        StackConfig; `env` adds or overrides its REGIO_* settings."""
         return self.start_service(
             f"worker-{country}-{route}-{len(self.services)}",
             "regio_worker",
@@ -248,6 +267,7 @@ class Stack:
                 "REGIO_WORKER_ROUTE": route,
                 "REGIO_WORKER_COUNTRY": country,
                 "REGIO_WORKER_METRICS_PORT": str(self._next_worker_metrics_port()),
+                **self.config.worker_env_of(route),
                 **env,
             },
         )

@@ -103,6 +103,11 @@ def build_app(state: GatewayState) -> web.Application:
         client_max_size=state.settings.max_body_bytes * 2,
     )
     app[STATE_KEY] = state
+
+    async def close_media_client(app: web.Application) -> None:
+        await state.media.close()
+
+    app.on_cleanup.append(close_media_client)
     app.router.add_post("/v1/chat/completions", create_chat_completion)
     app.router.add_get("/v1/models", list_models)
     app.router.add_get("/health", health)

@@ -122,6 +122,17 @@ CONTEXT_COMPRESSED_HEADER = {
         "schema": {"type": "integer", "minimum": 1},
     }
 }
+THINKING_RESCUED_HEADER = {
+    "x-regio-thinking-rescued": {
+        "description": (
+            "Present on a JSON answer whose reasoning the worker cut to make the model answer: "
+            "`budget` (the reasoning reached its budget) or `loop` (it repeated itself). "
+            "Streams say it in the finish chunk's `thinking_rescued`."
+        ),
+        "required": False,
+        "schema": {"type": "string", "enum": ["budget", "loop"]},
+    }
+}
 SSE_DESCRIPTION = (
     "Server-sent events (with `stream: true`): each `data:` line holds a "
     "`ChatCompletionChunk` (see components), an error envelope if generation fails after the "
@@ -172,7 +183,15 @@ def _chat_completions(schemas: SchemaCollector) -> dict[str, Any]:
             "is clamped to its maximum. A conversation too long for the model's context loses "
             "messages from its middle (system prompts, first and last turns kept; "
             "`transforms: []` answers 400 `context_length_exceeded` instead). Unknown extra "
-            "fields are ignored."
+            "fields are ignored. A model name may end in a reasoning-effort suffix (`liv:high`; "
+            "`:none`, `:low`, `:medium`, `:high`, `:max`) on routes with the `thinking` "
+            "capability; `reasoning.effort` beats `reasoning_effort`, which beats the suffix, "
+            "which beats the activation's default. `high` and `max` need `max_tokens` of at "
+            "least 4096 when it is set. Reasoning comes back in `reasoning_content`, as "
+            "`<think>…</think>` at the start of `content`, or not at all, per the activation "
+            "(`reasoning.exclude: true` hides it). `tools` (functions), `tool_choice` and "
+            "`parallel_tool_calls` work as OpenAI's on routes with the `tools` capability; a "
+            "capability the route lacks is a 400 `unsupported_parameter` naming it."
         ),
         "tags": ["inference"],
         "requestBody": {
@@ -188,6 +207,7 @@ def _chat_completions(schemas: SchemaCollector) -> dict[str, Any]:
                     TRANSACTION_HEADER
                     | COUNTRY_HEADER
                     | CONTEXT_COMPRESSED_HEADER
+                    | THINKING_RESCUED_HEADER
                     | RATE_LIMIT_HEADERS
                 ),
                 "content": {

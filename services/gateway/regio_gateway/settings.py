@@ -12,6 +12,7 @@ from regio_common.settings import (
     NatsSettings,
     RegioSettings,
 )
+from regio_gateway.media.settings import MediaSettings
 
 
 class EdgeProtectionSettings(RegioSettings):
@@ -80,6 +81,7 @@ class GatewaySettings(
     BillingClientSettings,
     ApiKeySettings,
     EdgeProtectionSettings,
+    MediaSettings,
 ):
     gateway_host: str = Field("127.0.0.1", description="Address the gateway listens on.")
     gateway_port: int = Field(8080, description="Port the gateway listens on.")
@@ -91,7 +93,11 @@ class GatewaySettings(
     default_region: str = Field(
         "eu", description="Region of requests whose Host does not start with a known region."
     )
-    max_body_bytes: int = Field(1_048_576, description="Largest accepted request body.")
+    max_body_bytes: int = Field(
+        20 * 1024 * 1024,
+        description="Largest accepted request body (room for base64 media: 4 bytes per 3); keep "
+        "it equal to the Ingress' proxy-body-size and below NATS' max_payload.",
+    )
     max_messages: int = Field(1024, description="Most messages accepted in one request.")
     dispatch_timeout_seconds: float = Field(
         3.0, description="Time for a worker to accept a request before the gateway answers 503."

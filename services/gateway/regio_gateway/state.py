@@ -14,6 +14,8 @@ from regio_gateway.concurrency_limits import InFlightLimits
 from regio_gateway.config_store import ConfigStore
 from regio_gateway.deny_cache import LimitDenyCache
 from regio_gateway.dispatch import Dispatcher
+from regio_gateway.media.fetch import MediaFetcher
+from regio_gateway.media.loader import MediaLoader
 from regio_gateway.metrics import GatewayMetrics
 from regio_gateway.settings import GatewaySettings
 from regio_gateway.worker_registry import WorkerRegistry
@@ -32,6 +34,7 @@ class GatewayState:
     deny_cache: LimitDenyCache
     auth_throttle: FailedAuthThrottle
     in_flight: InFlightLimits
+    media: MediaLoader  # images, PDFs and audio of requests; its HTTP client closes on cleanup
 
     @classmethod
     def with_edge_protections(
@@ -61,6 +64,15 @@ class GatewayState:
             in_flight=InFlightLimits(
                 total=settings.max_concurrent_requests,
                 per_client=settings.max_concurrent_requests_per_client,
+            ),
+            media=MediaLoader(
+                settings,
+                MediaFetcher(
+                    timeout_seconds=settings.media_fetch_timeout_seconds,
+                    max_redirects=settings.media_fetch_max_redirects,
+                    allow_private_addresses=settings.media_fetch_allow_private_addresses,
+                    ca_file=settings.media_fetch_ca_file,
+                ),
             ),
         )
 

@@ -8,6 +8,7 @@ import os
 import signal
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 import structlog
 from nats.aio.client import Client
@@ -16,6 +17,7 @@ from regio_common.catalogue import Catalogue, Route
 from regio_common.nats_connection import connect_nats
 from regio_common.ops_server import NotReady, OpsServer
 from regio_worker.engine.base import Engine
+from regio_worker.engine.reasoning import ReasoningMarkers
 from regio_worker.engine.scripted import ScriptedEngine
 from regio_worker.metrics import WorkerMetrics
 from regio_worker.model_files import resolve_model_path
@@ -52,6 +54,7 @@ def build_engine(settings: WorkerSettings, route: Route) -> Engine:
         return build_openai_proxy_engine(settings)
     # Imported here: a scripted worker needs no llama.cpp library.
     from regio_worker.engine.llama_batched import BatchedLlamaEngine, GpuPlacement
+    from regio_worker.engine.multimodal import MediaTokenBounds
 
     model_path = resolve_model_path(route.source, settings.models_dir)
     n_ctx = settings.worker_n_ctx or route.context_length
@@ -76,7 +79,38 @@ def build_engine(settings: WorkerSettings, route: Route) -> Engine:
             tensor_split=settings.worker_tensor_split,
             flash_attention=settings.worker_flash_attention,
         ),
+        reasoning_markers=reasoning_markers(route),
+        mmproj_path=projector_path(route, settings.models_dir),
+        media_bounds=MediaTokenBounds(route.tokens_per_image, route.tokens_per_audio_clip),
     )
+
+
+def projector_path(route: Route, models_dir: Path) -> Path | None:
+    """The route's multimodal projector GGUF (relative: in `models_dir`); None: text only."""
+    path = route.source.mmproj_path
+    if path is None:
+        if route.capabilities.vision or route.capabilities.audio:
+            log.warning(
+                "no_multimodal_projector",
+                detail="the route advertises vision or audio, but has no source.mmproj_path: "
+                "this worker refuses media (unsupported_content)",
+            )
+        return None
+    path = path if path.is_absolute() else models_dir / path
+    if not path.is_file():
+        raise StartupError(
+            f"The multimodal projector {path} does not exist; put the GGUF there or fix "
+            "`mmproj_path` in the catalogue."
+        )
+    return path
+
+
+def reasoning_markers(route: Route) -> ReasoningMarkers | None:
+    """How the route's model marks its reasoning; None: it does not reason."""
+    source = route.source
+    if source.thinking_start is None or source.thinking_end is None:
+        return None
+    return ReasoningMarkers(source.thinking_start, source.thinking_end, source.thinking_switch)
 
 
 def build_openai_proxy_engine(settings: WorkerSettings) -> Engine:

@@ -1,10 +1,13 @@
 """The OpenAI proxy engine through the real worker server on the real nats-server, in front of a
-tiny constant-answer OpenAI-compatible upstream (an aiohttp server on a free port)."""
+tiny constant-answer OpenAI-compatible upstream (an aiohttp server on a free port): text, usage,
+cancel, errors, logprobs, and tools, reasoning and media both ways."""
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
+import re
 import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -16,7 +19,14 @@ from nats.aio.client import Client
 
 from regio.inference.v1 import inference_pb2
 from regio_common.errors import CONTEXT_LENGTH_EXCEEDED
-from regio_worker.engine.base import ChatMessage, GenerationFinished, GenerationRequest, TextDelta
+from regio_worker.engine.base import (
+    ChatMessage,
+    FinishReason,
+    GenerationFinished,
+    GenerationRequest,
+    ReasoningDelta,
+    TextDelta,
+)
 from regio_worker.engine.openai_proxy import SYSTEM_MESSAGE_OVERHEAD_TOKENS, OpenAIProxyEngine
 from regio_worker.probe import InferenceCall, chat_request
 
@@ -34,10 +44,16 @@ UPSTREAM_CACHED_TOKENS = 30
 
 @dataclass
 class FakeUpstream:
-    """Answers every chat completion with PIECES (or `pieces`), `delay` seconds apart, then a
-    finish chunk, a usage chunk and [DONE]; /tokenize counts words."""
+    """Answers every chat completion with `reasoning` pieces (as llama-server's
+    delta.reasoning_content), then PIECES (or `pieces`), then `tool_calls` chunks (each a
+    delta.tool_calls list), `delay` seconds apart, then a finish chunk, a usage chunk and [DONE];
+    /tokenize counts words."""
 
     pieces: list[str] = field(default_factory=lambda: list(PIECES))
+    reasoning: list[str] = field(default_factory=list)
+    tool_calls: list[list[dict[str, Any]]] = field(default_factory=list)
+    finish_reason: str = "stop"
+    reasoning_tokens: int | None = None  # usage.completion_tokens_details, when set
     delay: float = 0.0
     status: int = 200
     error_body: str = ""
@@ -57,28 +73,38 @@ class FakeUpstream:
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await response.prepare(request)
         try:
+            for thought in self.reasoning:
+                await self._send(response, {"index": 0, "delta": {"reasoning_content": thought}})
             for piece in self.pieces:
-                if self.delay:
-                    await asyncio.sleep(self.delay)
                 choice: dict[str, Any] = {"index": 0, "delta": {"content": piece}}
                 if self.logprobs:
                     entry = {"token": piece, "logprob": -0.5, "bytes": list(piece.encode())}
                     choice["logprobs"] = {"content": [{**entry, "top_logprobs": [entry]}]}
-                await _event(response, {"choices": [choice]})
-                self.sent += 1
-            finish = {"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}
+                await self._send(response, choice)
+            for calls in self.tool_calls:
+                await self._send(response, {"index": 0, "delta": {"tool_calls": calls}})
+            finish = {"choices": [{"index": 0, "delta": {}, "finish_reason": self.finish_reason}]}
             await _event(response, finish)
-            usage = {
+            usage: dict[str, Any] = {
                 "prompt_tokens": UPSTREAM_PROMPT_TOKENS,
-                "completion_tokens": len(self.pieces) + 1,  # + the end-of-turn token
+                # + the end-of-turn token
+                "completion_tokens": len(self.reasoning + self.pieces + self.tool_calls) + 1,
                 "prompt_tokens_details": {"cached_tokens": UPSTREAM_CACHED_TOKENS},
             }
+            if self.reasoning_tokens is not None:
+                usage["completion_tokens_details"] = {"reasoning_tokens": self.reasoning_tokens}
             await _event(response, {"choices": [], "usage": usage})
             await response.write(b"data: [DONE]\n\n")
         except (ConnectionError, asyncio.CancelledError):
             self.disconnected.set()
             raise
         return response
+
+    async def _send(self, response: web.StreamResponse, choice: dict[str, Any]) -> None:
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        await _event(response, {"choices": [choice]})
+        self.sent += 1
 
     async def count_tokens(self, request: web.Request) -> web.Response:
         if not self.tokenize:
@@ -302,3 +328,124 @@ async def test_logprobs_and_logit_bias_are_forwarded_and_mapped_back(
         [entry] = delta.logprobs
         assert entry.token == delta.text.encode() and entry.logprob == -0.5
         assert [top.token for top in entry.top_logprobs] == [entry.token]
+
+
+WEATHER_SCHEMA = {"type": "object", "properties": {"city": {"type": "string"}}}
+PNG_BYTES = b"\x89PNG\r\n\x1a\n not really a picture"
+
+
+async def test_tools_reasoning_and_media_go_up_and_calls_and_reasoning_come_back(
+    nc: Client,
+    start_worker: StartWorker,
+    route_name: str,
+    upstream: FakeUpstream,
+    proxy: OpenAIProxyEngine,
+) -> None:
+    upstream.reasoning = ["Rome", " is", " sunny", " today"]
+    upstream.pieces = []
+    upstream.tool_calls = [
+        [{"index": 0, "id": "up-1", "type": "function", "function": {"name": "get_weather"}}],
+        [{"index": 0, "function": {"arguments": '{"city":'}}],
+        [{"index": 0, "function": {"arguments": ' "Rome"}'}}],
+        [{"index": 1, "type": "function", "function": {"name": "get_time", "arguments": "{}"}}],
+    ]
+    upstream.finish_reason = "tool_calls"
+    upstream.reasoning_tokens = 4
+    await start_worker(proxy, route=route_name)
+    request = chat_request("Weather and time in Rome?", route=route_name)
+    request.messages[0].media.append(
+        inference_pb2.MediaPart(
+            kind=inference_pb2.MediaPart.KIND_IMAGE,
+            data=PNG_BYTES,
+            mime_type="image/png",
+            text_offset=len("Weather and time"),
+        )
+    )
+    request.messages.extend(
+        [
+            inference_pb2.ChatMessage(
+                role="assistant",
+                tool_calls=[inference_pb2.ToolCall(id="call_old", name="get_time", arguments="{}")],
+            ),
+            inference_pb2.ChatMessage(role="tool", content="12:00", tool_call_id="call_old"),
+            inference_pb2.ChatMessage(role="user", content="And the weather?"),
+        ]
+    )
+    request.tools.extend(
+        [
+            inference_pb2.ToolDefinition(
+                name="get_weather", parameters_json=json.dumps(WEATHER_SCHEMA)
+            ),
+            inference_pb2.ToolDefinition(name="get_time", description="The time"),
+        ]
+    )
+    request.tool_choice.mode = inference_pb2.ToolChoice.MODE_REQUIRED
+    request.reasoning.effort = inference_pb2.Reasoning.EFFORT_HIGH
+    chunks = await (await InferenceCall.open(nc, "de", route_name, request)).until_end()
+
+    deltas, final = [c for c in chunks if c.kind == DELTA], chunks[-1]
+    assert "".join(c.reasoning_delta for c in deltas) == "Rome is sunny today"
+    assert not any(c.text_delta for c in deltas)
+    pieces = [(t.index, t.id, t.name, t.arguments) for c in deltas for t in c.tool_calls]
+    assert pieces[:3] == [
+        (0, "up-1", "get_weather", ""),
+        (0, "", "", '{"city":'),
+        (0, "", "", ' "Rome"}'),
+    ]
+    index, call_id, name, arguments = pieces[3]
+    assert (index, name, arguments) == (1, "get_time", "{}")
+    assert re.fullmatch(r"call_[A-Za-z0-9]{24}", call_id), "made when the upstream gives none"
+    assert (final.kind, final.finish_reason) == (FINAL, inference_pb2.FINISH_REASON_TOOL_CALLS)
+    assert (final.usage.completion_tokens, final.usage.reasoning_tokens) == (9, 4)
+    assert final.thinking_rescued == ""  # not possible through a proxy
+
+    [sent] = upstream.requests
+    assert sent["tools"][0]["function"] == {"name": "get_weather", "parameters": WEATHER_SCHEMA}
+    assert sent["tool_choice"] == "required" and sent["parallel_tool_calls"] is True
+    assert sent["reasoning_effort"] == "high"
+    assert sent["chat_template_kwargs"]["enable_thinking"] is True
+    encoded = base64.b64encode(PNG_BYTES).decode()
+    assert sent["messages"] == [
+        {
+            "role": "user",
+            "content": [
+                {"type": "text", "text": "Weather and time"},
+                {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{encoded}"}},
+                {"type": "text", "text": " in Rome?"},
+            ],
+        },
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {
+                    "id": "call_old",
+                    "type": "function",
+                    "function": {"name": "get_time", "arguments": "{}"},
+                }
+            ],
+        },
+        {"role": "tool", "content": "12:00", "tool_call_id": "call_old"},
+        {"role": "user", "content": "And the weather?"},
+    ]
+
+
+async def test_reasoning_without_a_count_is_counted_per_delta_and_off_turns_thinking_off(
+    upstream: FakeUpstream, proxy: OpenAIProxyEngine
+) -> None:
+    upstream.reasoning = ["Hmm", "."]  # llama-server sends no reasoning_tokens
+    events = [
+        event
+        async for event in proxy.generate(
+            GenerationRequest("t-reasoning", (ChatMessage("user", "hi"),))
+        )
+    ]
+    reasoning = [event.text for event in events if isinstance(event, ReasoningDelta)]
+    assert reasoning == ["Hmm", "."]
+    final = events[-1]
+    assert isinstance(final, GenerationFinished)
+    assert final.finish_reason is FinishReason.STOP
+    assert final.usage.reasoning_tokens == 2
+    [sent] = upstream.requests
+    assert sent["chat_template_kwargs"] == {"enable_thinking": False}
+    assert "reasoning_effort" not in sent and "tools" not in sent

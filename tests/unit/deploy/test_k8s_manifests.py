@@ -61,7 +61,9 @@ OPS_PORT_SETTING = {
 # Settings deliberately left unset in production, with the reason. A setting a service reads must
 # be set in the manifests or listed here, so a new one cannot be forgotten silently.
 DEFAULT_IS_RIGHT_IN_PRODUCTION: dict[str, dict[str, str]] = {
-    "gateway": {},
+    "gateway": {
+        "REGIO_MEDIA_FETCH_CA_FILE": "image URLs are public https servers: the system's CAs",
+    },
     "billing": {},
     "dashboard-api": {
         "REGIO_ADMIN_LABEL": "the actor name `admin` in the audit log is what operators expect",

@@ -18,6 +18,7 @@ from regio_common.config_records import (
     AccountRecord,
     ActivationRecord,
     ApiKeyRecord,
+    ThinkingSettings,
     UsageLimits,
     hash_api_key,
 )
@@ -85,9 +86,15 @@ class FakeBillingStub:
 
 class FakeWorkerStream:
     """A worker's answer: `pieces` then a final chunk; or, when `endless`, big pieces until the
-    gateway cancels."""
+    gateway cancels; or, given a `script`, exactly those chunks (numbered in order)."""
 
-    def __init__(self, transaction_id: str, pieces: list[str], endless: bool) -> None:
+    def __init__(
+        self,
+        transaction_id: str,
+        pieces: list[str],
+        endless: bool,
+        script: list[inference_pb2.InferenceChunk] | None = None,
+    ) -> None:
         self.transaction_id = transaction_id
         self.worker_id = "worker-1"
         self.country = "de"
@@ -95,8 +102,17 @@ class FakeWorkerStream:
         self.cancelled = asyncio.Event()
         self._pieces = pieces
         self._endless = endless
+        self._script = script
 
     async def chunks(self) -> AsyncIterator[inference_pb2.InferenceChunk]:
+        if self._script is not None:
+            for sequence, scripted in enumerate(self._script, start=1):
+                chunk = inference_pb2.InferenceChunk()
+                chunk.CopyFrom(scripted)
+                chunk.sequence = sequence
+                yield chunk
+            self.finished = True
+            return
         sequence = 0
         while self._endless and not self.cancelled.is_set():
             sequence += 1
@@ -133,13 +149,18 @@ class FakeDispatcher:
     opened: asyncio.Event = field(default_factory=asyncio.Event)
     # Set: every opened stream waits for it before its first chunk (a request kept in flight).
     gate: asyncio.Event | None = None
+    # Set: every stream answers these chunks (the last one should be the FINAL chunk).
+    script: list[inference_pb2.InferenceChunk] | None = None
+    # The requests the gateway dispatched, in order.
+    requests: list[inference_pb2.InferenceRequest] = field(default_factory=list)
 
     async def open(
         self, request: inference_pb2.InferenceRequest, countries: list[str]
     ) -> FakeWorkerStream:
+        self.requests.append(request)
         if self.gate is not None:
             await self.gate.wait()
-        stream = FakeWorkerStream(request.transaction_id, self.pieces, self.endless)
+        stream = FakeWorkerStream(request.transaction_id, self.pieces, self.endless, self.script)
         self.streams.append(stream)
         self.opened.set()
         return stream
@@ -163,10 +184,13 @@ def _publish(store: ConfigStore, key: str, record: Any) -> None:
 async def running_gateway(
     key_limits: UsageLimits | None = None,
     account_limits: UsageLimits | None = None,
+    catalogue: Catalogue | None = None,
+    thinking: ThinkingSettings | None = None,
     **settings: Any,
 ) -> AsyncIterator[RunningGateway]:
     """The gateway on 127.0.0.1 with two keys of one account (only API_KEY has `key_limits`)
-    and `liv` activated in region eu."""
+    and `liv` activated in region eu (with `thinking` settings, if given), routes from
+    `catalogue` (default: the dev catalogue)."""
     gateway_settings = GatewaySettings(api_key_pepper=PEPPER, **settings)
     config = ConfigStore(pepper=PEPPER)
     limits = key_limits or UsageLimits()
@@ -189,7 +213,13 @@ async def running_gateway(
     _publish(
         config,
         activation_kv_key(ACCOUNT, "liv", "eu"),
-        ActivationRecord(account_id=ACCOUNT, route="liv", region="eu", created=1),
+        ActivationRecord(
+            account_id=ACCOUNT,
+            route="liv",
+            region="eu",
+            thinking=thinking or ThinkingSettings(),
+            created=1,
+        ),
     )
     config.synced.set()
     metrics = GatewayMetrics()
@@ -199,7 +229,7 @@ async def running_gateway(
     dispatcher = FakeDispatcher()
     state = GatewayState.with_edge_protections(
         gateway_settings,
-        catalogue=Catalogue.load(DEFAULT_CATALOGUE),
+        catalogue=catalogue or Catalogue.load(DEFAULT_CATALOGUE),
         nats=None,  # type: ignore[arg-type]  # only /health reads it
         config=config,
         workers=WorkerRegistry(expiry_factor=3.0),
@@ -232,3 +262,18 @@ def chat_body(**extra: Any) -> dict[str, Any]:
 
 def bearer(key: str = API_KEY, **headers: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}", **headers}
+
+
+def thinking_catalogue(token_budget: bool = True) -> Catalogue:
+    """The dev catalogue whose `liv` reasons (capability `thinking`, reasoning markers, the
+    reasoning parameters) and, unless told otherwise, takes a reasoning budget; its outputs may
+    reach 8192 tokens."""
+    document = Catalogue.load(DEFAULT_CATALOGUE).model_dump(mode="json")
+    liv = document["routes"]["liv"]
+    liv["source"] |= {"thinking_start": "<think>", "thinking_end": "</think>"}
+    liv["capabilities"] |= {"thinking": True, "token_budget": token_budget}
+    liv["supported_parameters"] += ["reasoning", "reasoning_effort"]
+    liv["max_output_tokens"] = 8192
+    for route in document["routes"].values():
+        del route["name"]  # the catalogue names routes by their keys
+    return Catalogue.model_validate(document)

@@ -131,7 +131,9 @@ async def test_content_parts_and_tools_are_bounded() -> None:
                 {"role": "user", "content": parts},
             ]
         )
-        too_many_tools = chat_body(tools=[{"type": "function"}] * 3)
+        too_many_tools = chat_body(
+            tools=[{"type": "function", "function": {"name": f"f{i}"}} for i in range(3)]
+        )
         async with aiohttp.ClientSession(gateway.url) as http:
             for body, param in ((too_many_parts, "messages[1].content"), (too_many_tools, "tools")):
                 data = json.dumps(body)

@@ -57,6 +57,7 @@ def test_body_prepends_the_free_prompt_and_passes_only_the_set_sampling_fields()
         "seed": 7,
         "frequency_penalty": 0.5,
         "stop": ["END", "\n\n"],
+        "chat_template_kwargs": {"enable_thinking": False},
     }
 
 
@@ -68,6 +69,7 @@ def test_body_without_free_prompt_model_or_sampling() -> None:
         "messages": [{"role": "user", "content": "Hi"}],
         "stream": True,
         "stream_options": {"include_usage": True},
+        "chat_template_kwargs": {"enable_thinking": False},
     }
 
 
@@ -135,7 +137,8 @@ def test_parse_event_rejects_garbage_and_maps_error_events() -> None:
         ("stop", FinishReason.STOP),
         ("length", FinishReason.LENGTH),
         ("eos", FinishReason.STOP),
-        ("tool_calls", FinishReason.STOP),
+        ("tool_calls", FinishReason.TOOL_CALLS),
+        ("function_call", FinishReason.TOOL_CALLS),
         ("content_filter", FinishReason.STOP),
     ],
 )

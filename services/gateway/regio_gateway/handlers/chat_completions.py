@@ -16,11 +16,14 @@ from aiohttp import web
 
 from regio.inference.v1 import inference_pb2
 from regio_common.catalogue import Route
-from regio_common.config_records import ApiKeyRecord, UsageLimits
+from regio_common.config_records import ApiKeyRecord, ReasoningOutput, UsageLimits
 from regio_common.errors import (
     CONTEXT_LENGTH_EXCEEDED,
     INVALID_LOGIT_BIAS,
+    INVALID_MEDIA,
     INVALID_RESPONSE_FORMAT,
+    INVALID_TOOLS,
+    UNSUPPORTED_CONTENT,
     BillingUnavailable,
     ClientError,
     InvalidRequest,
@@ -30,14 +33,14 @@ from regio_common.errors import (
     UpstreamTimeout,
 )
 from regio_common.http_middleware import TRANSACTION_HEADER, TRANSACTION_KEY, response_headers
+from regio_gateway.answer_shaping import StreamShaper, assistant_message
 from regio_gateway.auth import authenticate
 from regio_gateway.dispatch import WorkerStream
 from regio_gateway.handlers.body import read_json_body
 from regio_gateway.handlers.request_limits import check_request_counts
-from regio_gateway.handlers.routing import resolve_activation
+from regio_gateway.handlers.routing import resolve_activation, route_and_suffix
 from regio_gateway.protocol.chat_completion import (
     FINISH_REASONS,
-    AssistantMessage,
     ChatCompletion,
     ChatCompletionChunk,
     ChatCompletionRequest,
@@ -47,6 +50,8 @@ from regio_gateway.protocol.chat_completion import (
     ChunkChoice,
     CompletionUsage,
 )
+from regio_gateway.protocol.reasoning import ReasoningPlan
+from regio_gateway.protocol.tools import ToolCallCollector
 from regio_gateway.rate_limits import LimitRefusal, rate_limit_headers
 from regio_gateway.regions import endpoint_region
 from regio_gateway.state import STATE_KEY, GatewayState
@@ -55,6 +60,8 @@ log = structlog.get_logger()
 COUNTRY_HEADER = "x-regio-country"
 # Messages the worker left out of the middle of the conversation to fit the context.
 CONTEXT_COMPRESSED_HEADER = "x-regio-context-compressed"
+# Why the worker cut the reasoning and made the model answer: "budget" or "loop".
+THINKING_RESCUED_HEADER = "x-regio-thinking-rescued"
 
 
 async def create_chat_completion(request: web.Request) -> web.StreamResponse:
@@ -75,7 +82,7 @@ async def create_chat_completion(request: web.Request) -> web.StreamResponse:
     body = ChatCompletionRequest.parse(payload)
     check_request_counts(body, state.settings)
     region = endpoint_region(request, state.catalogue, state.settings.default_region)
-    route, stream = await _dispatch_first_available(
+    route, reasoning, stream = await _dispatch_first_available(
         request, state, body, key, account_limits, region
     )
     transaction_id: str = request[TRANSACTION_KEY]
@@ -83,8 +90,10 @@ async def create_chat_completion(request: web.Request) -> web.StreamResponse:
     try:
         timing = _FirstToken(state, route.name, region, arrived)
         if body.stream:
-            return await _stream_answer(request, state, body, route.name, stream, timing)
-        return await _json_answer(state, body, route.name, stream, timing)
+            return await _stream_answer(
+                request, state, body, route.name, reasoning.output, stream, timing
+            )
+        return await _json_answer(state, body, route.name, reasoning.output, stream, timing)
     except UpstreamTimeout:
         # The worker went silent (likely gone): its usage record may never come.
         await state.billing.release(transaction_id, "worker silent")
@@ -104,7 +113,7 @@ async def _dispatch_first_available(
     key: ApiKeyRecord,
     account_limits: UsageLimits,
     region: str,
-) -> tuple[Route, WorkerStream]:
+) -> tuple[Route, ReasoningPlan, WorkerStream]:
     """Hold credit and hand the request to a worker, trying `model`, then each of `models`.
 
     Each attempt that holds credit gets its own transaction id (`<id>`, `<id>-2`, …), so that a
@@ -116,6 +125,9 @@ async def _dispatch_first_available(
     first_error: RegioError | None = None
     base_id: str = request[TRANSACTION_KEY]
     holds = 0
+    # Loaded once for all candidates; gated per route, before its hold (a bad image holds
+    # nothing).
+    request_media = state.media.for_request(body)
     for model in body.candidate_models:
         try:
             route, activation = resolve_activation(
@@ -127,6 +139,11 @@ async def _dispatch_first_available(
                 key,
             )
             body.check_supported(route)
+            _, effort_suffix = route_and_suffix(state.catalogue, model)
+            reasoning = body.reasoning_request(effort_suffix).plan(
+                route, activation.thinking, body.output_limit(route)
+            )
+            media = await request_media.for_route(route)
             transaction_id = base_id if holds == 0 else f"{base_id}-{holds + 1}"
             request[TRANSACTION_KEY] = transaction_id
             structlog.contextvars.bind_contextvars(transaction_id=transaction_id)
@@ -136,7 +153,7 @@ async def _dispatch_first_available(
                     account_id=account_id,
                     route=route.name,
                     region=region,
-                    max_prompt_tokens=body.prompt_token_bound(),
+                    max_prompt_tokens=body.prompt_token_bound(media.token_bound(route)),
                     max_completion_tokens=body.output_limit(route),
                     ttl_seconds=state.settings.hold_ttl_seconds,
                     key_id=key.key_id,
@@ -160,12 +177,14 @@ async def _dispatch_first_available(
                     deadline_unix_ms=int(
                         (time.time() + state.settings.dispatch_timeout_seconds) * 1000
                     ),
+                    media=media.by_message,
+                    reasoning=reasoning.to_proto(),
                 )
                 stream = await state.dispatcher.open(inference, state.catalogue.countries(region))
             except BaseException:
                 await state.billing.release(transaction_id, "not dispatched")
                 raise
-            return route, stream
+            return route, reasoning, stream
         except (BillingUnavailable, LimitRefusal):
             raise  # no other model can be served either
         except (ClientError, ServiceUnavailable) as error:
@@ -189,7 +208,9 @@ class _FirstToken:
         self._arrived: float | None = arrived
 
     def see(self, chunk: inference_pb2.InferenceChunk) -> None:
-        if self._arrived is not None and (chunk.text_delta or chunk.reasoning_delta):
+        if self._arrived is not None and (
+            chunk.text_delta or chunk.reasoning_delta or chunk.tool_calls
+        ):
             elapsed = time.perf_counter() - self._arrived
             self._metrics.observe_first_token(self._model, self._region, elapsed)
             self._arrived = None
@@ -199,11 +220,13 @@ async def _json_answer(
     state: GatewayState,
     body: ChatCompletionRequest,
     model: str,
+    reasoning_output: ReasoningOutput,
     stream: WorkerStream,
     timing: _FirstToken,
 ) -> web.Response:
     text: list[str] = []
     reasoning: list[str] = []
+    calls = ToolCallCollector()
     logprobs: list[inference_pb2.TokenLogprob] = []
     final: inference_pb2.InferenceChunk | None = None
     dropped = 0
@@ -211,6 +234,7 @@ async def _json_answer(
         timing.see(chunk)
         text.append(chunk.text_delta)
         reasoning.append(chunk.reasoning_delta)
+        calls.add(chunk.tool_calls)
         logprobs.extend(chunk.logprobs)
         dropped = max(dropped, chunk.dropped_messages)
         if chunk.kind == inference_pb2.CHUNK_KIND_FINAL:
@@ -223,19 +247,21 @@ async def _json_answer(
         model=model,
         choices=[
             Choice(
-                message=AssistantMessage(
-                    content="".join(text), reasoning_content="".join(reasoning) or None
+                message=assistant_message(
+                    "".join(text), "".join(reasoning), calls.calls(), reasoning_output
                 ),
                 finish_reason=FINISH_REASONS.get(final.finish_reason, "stop"),
                 logprobs=ChoiceLogprobs.from_proto(logprobs) if body.logprobs else None,
             )
         ],
         usage=CompletionUsage.from_proto(final.usage),
+        thinking_rescued=final.thinking_rescued or None,
     )
+    rescued = {THINKING_RESCUED_HEADER: final.thinking_rescued} if final.thinking_rescued else {}
     return web.Response(
-        text=completion.model_dump_json(exclude_none=False),
+        text=completion.to_json(),
         content_type="application/json",
-        headers={COUNTRY_HEADER: stream.country, **_compression_headers(dropped)},
+        headers={COUNTRY_HEADER: stream.country, **_compression_headers(dropped), **rescued},
     )
 
 
@@ -251,6 +277,15 @@ def _worker_failure(final: inference_pb2.InferenceChunk | None) -> RegioError:
         return InvalidRequest(detail, param="response_format", code=INVALID_RESPONSE_FORMAT)
     if final is not None and final.error_code == INVALID_LOGIT_BIAS:
         return InvalidRequest(detail, param="logit_bias")
+    if final is not None and final.error_code == INVALID_TOOLS:
+        return InvalidRequest(detail, param="tools", code=INVALID_TOOLS)
+    if final is not None and final.error_code == UNSUPPORTED_CONTENT:
+        # The route advertises the capability but this worker has no projector for it: a
+        # deployment mistake worth a warning; the client learns that the media cannot be read.
+        log.warning("worker_cannot_read_media", detail=detail)
+        return InvalidRequest(detail, param="messages", code=UNSUPPORTED_CONTENT)
+    if final is not None and final.error_code == INVALID_MEDIA:
+        return InvalidRequest(detail, param="messages")
     # The worker's detail may describe internals: it goes to the log, not to the client.
     log.error("generation_failed", detail=detail)
     return ServerError("The model failed to generate a response; please retry.")
@@ -291,6 +326,7 @@ async def _stream_answer(
     state: GatewayState,
     body: ChatCompletionRequest,
     model: str,
+    reasoning_output: ReasoningOutput,
     stream: WorkerStream,
     timing: _FirstToken,
 ) -> web.StreamResponse:
@@ -318,7 +354,15 @@ async def _stream_answer(
     writer = _StreamWriter(response, state.settings.stream_write_timeout_seconds)
     try:
         await _stream_events(
-            request, state, body, model, stream, _chained(first, chunks), timing, writer
+            request,
+            state,
+            body,
+            model,
+            StreamShaper(reasoning_output),
+            stream,
+            _chained(first, chunks),
+            timing,
+            writer,
         )
     except _StalledReader:
         # The worker slot must not wait for this client: stop the generation (its usage record
@@ -347,6 +391,7 @@ async def _stream_events(
     state: GatewayState,
     body: ChatCompletionRequest,
     model: str,
+    shaper: StreamShaper,
     stream: WorkerStream,
     chunks: AsyncIterator[inference_pb2.InferenceChunk],
     timing: _FirstToken,
@@ -360,6 +405,7 @@ async def _stream_events(
         finish_reason: str | None = None,
         usage: CompletionUsage | None = None,
         logprobs: ChoiceLogprobs | None = None,
+        thinking_rescued: str | None = None,
     ) -> bytes:
         choices = (
             []
@@ -367,7 +413,12 @@ async def _stream_events(
             else [ChunkChoice(delta=delta, finish_reason=finish_reason, logprobs=logprobs)]
         )
         chunk = ChatCompletionChunk(
-            id=completion_id, created=created, model=model, choices=choices, usage=usage
+            id=completion_id,
+            created=created,
+            model=model,
+            choices=choices,
+            usage=usage,
+            thinking_rescued=thinking_rescued,
         )
         return _sse(chunk.model_dump_json(exclude_none=True))
 
@@ -376,23 +427,27 @@ async def _stream_events(
         async for chunk in chunks:
             timing.see(chunk)
             if chunk.kind == inference_pb2.CHUNK_KIND_DELTA:
-                if chunk.text_delta or chunk.reasoning_delta or chunk.logprobs:
-                    delta = ChoiceDelta(
-                        content=chunk.text_delta or None,
-                        reasoning_content=chunk.reasoning_delta or None,
-                    )
+                delta = shaper.delta(chunk)
+                if delta is not None or chunk.logprobs:
                     logprobs = (
                         ChoiceLogprobs.from_proto(list(chunk.logprobs)) if body.logprobs else None
                     )
-                    await writer.write(chunk_json(delta, logprobs=logprobs))
+                    await writer.write(chunk_json(delta or ChoiceDelta(), logprobs=logprobs))
                 continue
             if chunk.finish_reason == inference_pb2.FINISH_REASON_ERROR:
                 raise _worker_failure(chunk)
             state.metrics.observe_usage(
                 model, chunk.usage.prompt_tokens, chunk.usage.completion_tokens
             )
+            closing = shaper.close()
+            if closing is not None:
+                await writer.write(chunk_json(closing))
             await writer.write(
-                chunk_json(ChoiceDelta(), FINISH_REASONS.get(chunk.finish_reason, "stop"))
+                chunk_json(
+                    ChoiceDelta(),
+                    FINISH_REASONS.get(chunk.finish_reason, "stop"),
+                    thinking_rescued=chunk.thinking_rescued or None,
+                )
             )
             if body.stream_options is not None and body.stream_options.include_usage:
                 await writer.write(

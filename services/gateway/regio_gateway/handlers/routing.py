@@ -6,6 +6,19 @@ from regio_common.catalogue import Catalogue, Route
 from regio_common.config_records import ActivationRecord, ApiKeyRecord
 from regio_common.errors import ModelNotFound, RegionMismatch
 from regio_gateway.config_store import ConfigStore
+from regio_gateway.protocol.reasoning import SuffixEffort, split_effort_suffix
+
+
+def route_and_suffix(catalogue: Catalogue, model: str) -> tuple[Route | None, SuffixEffort | None]:
+    """The route a model name names, and its effort suffix. A name that names a route as it is
+    keeps its colon (an alias may contain one); otherwise a known suffix is split off."""
+    route = catalogue.route_for_model(model)
+    if route is not None:
+        return route, None
+    base, suffix = split_effort_suffix(model)
+    if suffix is None:
+        return None, None
+    return catalogue.route_for_model(base), suffix
 
 
 def resolve_activation(
@@ -16,8 +29,9 @@ def resolve_activation(
     region: str,
     key: ApiKeyRecord | None = None,
 ) -> tuple[Route, ActivationRecord]:
-    """A key scoped to some activations sees the others as if they were not activated."""
-    route = catalogue.route_for_model(model)
+    """A key scoped to some activations sees the others as if they were not activated. A
+    reasoning-effort suffix of the name is ignored here (see `route_and_suffix`)."""
+    route, _ = route_and_suffix(catalogue, model)
     if route is None:
         raise ModelNotFound(f"The model '{model}' does not exist.", param="model")
     usable = key.may_use if key is not None else lambda route, region: True

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Mapping, Sequence
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -19,7 +20,25 @@ from regio.inference.v1 import inference_pb2
 from regio_common.catalogue import Route
 from regio_common.errors import InvalidRequest
 from regio_common.validation import parse_body
-from regio_gateway.protocol.content_parts import ContentPart, TextContentPart
+from regio_gateway.protocol.content_parts import MessageContent, joined_text
+from regio_gateway.protocol.reasoning import (
+    UNSUPPORTED_PARAMETER,
+    Effort,
+    ReasoningOptions,
+    ReasoningRequest,
+    SuffixEffort,
+)
+from regio_gateway.protocol.tools import (
+    ChoiceDeltaToolCall,
+    Tool,
+    ToolCall,
+    ToolChoice,
+    check_tool_request,
+    check_tool_turns,
+    tool_choice_proto,
+    tool_turn_token_bound,
+    tools_token_bound,
+)
 
 # Optional request fields with their names in a route's `supported_parameters`.
 OPTIONAL_PARAMETERS = (
@@ -61,8 +80,14 @@ class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: str | list[ContentPart] | None = None
+    # Text, or content parts: text, and on routes with the capability image_url, file (PDF) and
+    # input_audio (regio_gateway.media loads those; `text` is the text parts joined).
+    content: MessageContent | None = None
     name: str | None = None
+    # An assistant message that called tools (its content may be null), and a tool message's
+    # answer to one of those calls.
+    tool_calls: list[ToolCall] | None = None
+    tool_call_id: str | None = None
 
     @property
     def text(self) -> str:
@@ -70,7 +95,7 @@ class ChatMessage(BaseModel):
             return ""
         if isinstance(self.content, str):
             return self.content
-        return "".join(part.text for part in self.content if isinstance(part, TextContentPart))
+        return joined_text(self.content)
 
 
 class JsonSchemaFormat(BaseModel):
@@ -135,10 +160,15 @@ class ChatCompletionRequest(BaseModel):
     n: int = Field(1, ge=1, le=1)
     user: str | None = None
     response_format: ResponseFormat | None = None
-    tools: list[dict[str, Any]] | None = None
-    tool_choice: str | dict[str, Any] | None = None
-    reasoning: dict[str, Any] | None = None
-    reasoning_effort: str | None = None
+    tools: list[Tool] | None = Field(None, min_length=1)
+    # "auto" (the default with tools), "none", "required", or one named function.
+    tool_choice: ToolChoice | None = None
+    # false: at most one tool call per answer.
+    parallel_tool_calls: bool | None = None
+    # OpenRouter's reasoning object, and OpenAI's shorthand; "none"/"minimal"/"low": no
+    # reasoning, "medium", "high" (deep), "max" (deepest).
+    reasoning: ReasoningOptions | None = None
+    reasoning_effort: Effort | None = None
     # Log-probabilities of the answer's tokens (and of the `top_logprobs` most likely
     # alternatives at each position; requires `logprobs: true`).
     logprobs: bool | None = None
@@ -169,6 +199,13 @@ class ChatCompletionRequest(BaseModel):
                     "integer) and each value a bias from -100 to 100.",
                     param="logit_bias",
                 ) from None
+            if error.param is not None and error.param.startswith("tool_choice."):
+                # Which member of the union failed is no help: say what is accepted.
+                raise InvalidRequest(
+                    "Invalid value for 'tool_choice': expected 'auto', 'none', 'required' or "
+                    '{"type": "function", "function": {"name": "<a tool\'s name>"}}.',
+                    param="tool_choice",
+                ) from None
             raise
         if not request.candidate_models:
             raise InvalidRequest("Missing required parameter: 'model'.", param="model")
@@ -178,6 +215,8 @@ class ChatCompletionRequest(BaseModel):
                 "is set.",
                 param="top_logprobs",
             )
+        check_tool_request(request.tools, request.tool_choice)
+        check_tool_turns(request.messages)
         return request
 
     @property
@@ -202,7 +241,17 @@ class ChatCompletionRequest(BaseModel):
         return [self.stop] if isinstance(self.stop, str) else list(self.stop)
 
     def check_supported(self, route: Route) -> None:
-        """Reject parameters the route does not support, rather than silently ignore them."""
+        """Reject parameters the route does not support, rather than silently ignore them:
+        first those of a capability it lacks (the message names the capability), then those
+        its `supported_parameters` leave out."""
+        if self.tools is not None and not route.capabilities.tools:
+            raise InvalidRequest(
+                f"The model '{route.name}' does not call tools: 'tools' needs the capability "
+                "'tools'.",
+                param="tools",
+                code=UNSUPPORTED_PARAMETER,
+            )
+        self.reasoning_request().check_capabilities(route)
         supported = set(route.supported_parameters)
         for name in OPTIONAL_PARAMETERS:
             used = name in self.model_fields_set and getattr(self, name) is not None
@@ -215,8 +264,18 @@ class ChatCompletionRequest(BaseModel):
                 raise InvalidRequest(
                     f"The parameter '{name}' is not supported by model '{route.name}'.",
                     param=name,
-                    code="unsupported_parameter",
+                    code=UNSUPPORTED_PARAMETER,
                 )
+
+    def reasoning_request(self, suffix: SuffixEffort | None = None) -> ReasoningRequest:
+        """The reasoning the client asked for, with the effort suffix of the model name."""
+        if self.max_completion_tokens is not None:
+            limit: tuple[str, int] | None = ("max_completion_tokens", self.max_completion_tokens)
+        elif self.max_tokens is not None:
+            limit = ("max_tokens", self.max_tokens)
+        else:
+            limit = None
+        return ReasoningRequest(self.reasoning, self.reasoning_effort, suffix, limit)
 
     def output_limit(self, route: Route) -> int:
         """max_tokens (or its alias), defaulted and clamped to what the route allows."""
@@ -225,11 +284,17 @@ class ChatCompletionRequest(BaseModel):
             requested = route.default_max_tokens
         return max(1, min(requested, route.max_output_tokens, route.context_length))
 
-    def prompt_token_bound(self) -> int:
-        """An upper bound of the prompt's tokens: a token covers at least one byte of text."""
+    def prompt_token_bound(self, media_tokens: int = 0) -> int:
+        """An upper bound of the prompt's tokens: a token covers at least one byte of text;
+        `media_tokens` bounds the images and audio clips (LoadedMedia.token_bound)."""
         text_bytes = sum(len(message.text.encode()) for message in self.messages)
+        tool_tokens = tools_token_bound(self.tools) + sum(
+            tool_turn_token_bound(message) for message in self.messages
+        )
         return (
             text_bytes
+            + tool_tokens
+            + media_tokens
             + TEMPLATE_TOKENS_PER_MESSAGE * len(self.messages)
             + TEMPLATE_TOKENS_PER_PROMPT
         )
@@ -243,7 +308,11 @@ class ChatCompletionRequest(BaseModel):
         region: str,
         free_system_prompt: str,
         deadline_unix_ms: int,
+        reasoning: inference_pb2.Reasoning | None = None,
+        media: Mapping[int, Sequence[inference_pb2.MediaPart]] | None = None,
     ) -> inference_pb2.InferenceRequest:
+        """`media`: the loaded media parts of each message, by message index."""
+        media = media or {}
         sampling = inference_pb2.SamplingParams(
             max_tokens=self.output_limit(route), stop=self.stop_sequences
         )
@@ -268,8 +337,15 @@ class ChatCompletionRequest(BaseModel):
             route=route.name,
             region=region,
             messages=[
-                inference_pb2.ChatMessage(role=m.role, content=m.text, name=m.name or "")
-                for m in self.messages
+                inference_pb2.ChatMessage(
+                    role=m.role,
+                    content=m.text,
+                    name=m.name or "",
+                    tool_calls=[call.to_proto() for call in m.tool_calls or []],
+                    tool_call_id=m.tool_call_id or "",
+                    media=media.get(index, ()),
+                )
+                for index, m in enumerate(self.messages)
             ],
             sampling=sampling,
             free_system_prompt=free_system_prompt,
@@ -278,12 +354,17 @@ class ChatCompletionRequest(BaseModel):
                 self.response_format.to_proto() if self.response_format is not None else None
             ),
             no_middle_out=not self.middle_out,
+            tools=[tool.to_proto() for tool in self.tools or []],
+            tool_choice=tool_choice_proto(self.tool_choice) if self.tools else None,
+            single_tool_call=bool(self.tools) and self.parallel_tool_calls is False,
+            reasoning=reasoning,
         )
 
 
 FINISH_REASONS: dict[int, str] = {
     inference_pb2.FINISH_REASON_STOP: "stop",
     inference_pb2.FINISH_REASON_LENGTH: "length",
+    inference_pb2.FINISH_REASON_TOOL_CALLS: "tool_calls",
     inference_pb2.FINISH_REASON_CANCELLED: "stop",
     inference_pb2.FINISH_REASON_UNSPECIFIED: "stop",
 }
@@ -293,12 +374,18 @@ class PromptTokensDetails(BaseModel):
     cached_tokens: int
 
 
+class CompletionTokensDetails(BaseModel):
+    # Of completion_tokens, those of the reasoning phase (also when the reasoning is hidden).
+    reasoning_tokens: int
+
+
 class CompletionUsage(BaseModel):
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
     # Billable prompt tokens whose computation was reused from the worker's KV cache.
     prompt_tokens_details: PromptTokensDetails
+    completion_tokens_details: CompletionTokensDetails
 
     @classmethod
     def from_proto(cls, usage: inference_pb2.Usage) -> CompletionUsage:
@@ -307,6 +394,9 @@ class CompletionUsage(BaseModel):
             completion_tokens=usage.completion_tokens,
             total_tokens=usage.prompt_tokens + usage.completion_tokens,
             prompt_tokens_details=PromptTokensDetails(cached_tokens=usage.cached_tokens),
+            completion_tokens_details=CompletionTokensDetails(
+                reasoning_tokens=usage.reasoning_tokens
+            ),
         )
 
 
@@ -354,8 +444,11 @@ class ChoiceLogprobs(BaseModel):
 
 class AssistantMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
-    content: str
+    # null when the answer is only tool calls, as OpenAI's.
+    content: str | None
+    # The reasoning, when the activation returns it in this field (else null).
     reasoning_content: str | None = None
+    tool_calls: list[ToolCall] | None = None
 
 
 class Choice(BaseModel):
@@ -373,12 +466,21 @@ class ChatCompletion(BaseModel):
     choices: list[Choice]
     usage: CompletionUsage
     system_fingerprint: str | None = None
+    # Why the worker cut the reasoning and made the model answer ("budget", "loop"); only
+    # present when it did.
+    thinking_rescued: str | None = None
+
+    def to_json(self) -> str:
+        """OpenAI's shape: absent fields as null, except `thinking_rescued`, left out unset."""
+        unset_extras = {"thinking_rescued"} if self.thinking_rescued is None else None
+        return self.model_dump_json(exclude=unset_extras)
 
 
 class ChoiceDelta(BaseModel):
     role: Literal["assistant"] | None = None
     content: str | None = None
     reasoning_content: str | None = None
+    tool_calls: list[ChoiceDeltaToolCall] | None = None
 
 
 class ChunkChoice(BaseModel):
@@ -396,3 +498,5 @@ class ChatCompletionChunk(BaseModel):
     choices: list[ChunkChoice]
     usage: CompletionUsage | None = None
     system_fingerprint: str | None = None
+    # On the finish chunk, when the worker cut the reasoning (see ChatCompletion).
+    thinking_rescued: str | None = None

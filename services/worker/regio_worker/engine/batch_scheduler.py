@@ -5,7 +5,13 @@ batches, so a long prompt never stalls the streams already running.
 One scheduler thread owns the llama context; the asyncio side only enqueues work, sets abort
 flags and reads events. Each slot is a llama.cpp sequence id whose KV cache is kept after its
 generation ends, so that a later prompt sharing its prefix (the activation's free system prompt,
-earlier turns of a conversation) resumes from there instead of recomputing it."""
+earlier turns of a conversation) resumes from there instead of recomputing it.
+
+A generation on a thinking model starts in its reasoning phase (reasoning.py): its tokens go out
+as reasoning, sampled without the answer's grammar and log-probabilities and unable to end the
+generation; the answer's sampling starts when the reasoning ends. A rescue feeds the end marker
+to the model without sampling it ("forced" tokens, in the next batch, positions continuing).
+Generations without reasoning never touch any of this."""
 
 from __future__ import annotations
 
@@ -16,19 +22,27 @@ import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import llama_cpp
 import numpy
 import structlog
 
-from regio_worker.engine.base import FinishReason, GenerationEvent, TextDelta
+from regio_worker.engine.base import FinishReason, GenerationEvent, ReasoningDelta, TextDelta
 from regio_worker.engine.detokenizer import IncrementalDetokenizer
 from regio_worker.engine.logprobs import LogitBias, Logits, LogprobTracker, token_logprob
+from regio_worker.engine.reasoning import ReasoningPhase
 from regio_worker.engine.stop_strings import StopStringFilter
+
+if TYPE_CHECKING:
+    from regio_worker.engine.multimodal import MediaPrompt
 
 log = structlog.get_logger()
 
 EmitEvent = Callable[[GenerationEvent | None], None]  # None: the generation's events ended
+
+# Characters escaped in a lazy grammar's trigger pattern (the triggers are literal words).
+REGEX_SPECIAL = frozenset("\\^$.|?*+()[]{}")
 
 # llama_decode's "no KV cache room for this batch" answer (negative values are hard errors).
 DECODE_NO_ROOM = 1
@@ -45,6 +59,9 @@ class SamplingSettings:
     frequency_penalty: float
     seed: int  # uint32; LLAMA_DEFAULT_SEED picks a random one
     grammar: str = ""  # GBNF (root rule "root") the output must follow; empty: free text
+    # Non-empty: the grammar is lazy: the text is free until one of these words appears, and
+    # from that word on (included) follows the grammar (tool calls with tool_choice "auto").
+    grammar_triggers: tuple[str, ...] = ()
     # Token id -> bias added to its logit (ids already checked against the vocabulary).
     logit_bias: tuple[tuple[int, float], ...] = ()
 
@@ -72,6 +89,10 @@ class Job:
     on_finish: Callable[[Job, FinishReason, str], None]
     # None: no log-probabilities; otherwise each token's, with this many alternatives.
     top_logprobs: int | None = None
+    # A thinking model's reasoning phase; None: the answer from the first token (the fast path).
+    # With it, `sampling` is the reasoning's and `answer_sampling` takes over when it ends.
+    reasoning: ReasoningPhase | None = None
+    answer_sampling: SamplingSettings | None = None
     abort: threading.Event = field(default_factory=threading.Event)
     # Filled in by the scheduler:
     slot: int = -1
@@ -82,12 +103,17 @@ class Job:
     batch_index: int = -1  # row of this job's logits in the current batch, -1: none
     chunk: int = 0  # prompt tokens of this job in the current batch
     sampler: llama_cpp.llama_sampler_p | None = None
+    answer_sampler: llama_cpp.llama_sampler_p | None = None  # waits while a reasoning phase runs
     text: IncrementalDetokenizer | None = None
     stops: StopStringFilter | None = None
     bias: LogitBias | None = None  # for the argmax and the log-probabilities
     logprobs: LogprobTracker | None = None
     # Drawn by _draw_shaped: logprobs asked for, or a bias on the greedy argmax.
     shaped: bool = False
+    forced: tuple[int, ...] = ()  # fed after next_token without being sampled (a rescue)
+    injected: int = 0  # forced tokens already in the KV cache
+    # Images and audio of the prompt (multimodal.py): evaluated into the slot at admission.
+    media: MediaPrompt | None = None
 
     @property
     def prefilling(self) -> bool:
@@ -96,7 +122,7 @@ class Job:
     @property
     def position(self) -> int:
         """Position of the next token fed to the model in this sequence."""
-        return self.evaluated + max(self.completion_tokens - 1, 0)
+        return self.evaluated + max(self.completion_tokens - 1, 0) + self.injected
 
 
 @dataclass
@@ -212,6 +238,8 @@ class BatchScheduler:
     def _admit(self, job: Job, slot: _Slot) -> None:
         reused = _common_prefix(slot.cached, job.prompt) if self._reuses_prefix else 0
         reused = min(reused, len(job.prompt) - 1)  # the last one is evaluated for its logits
+        if job.media is not None:
+            reused = job.media.reusable_prefix(reused)  # a media chunk is evaluated whole
         if not llama_cpp.llama_memory_seq_rm(self._memory, slot.seq_id, reused, -1):
             # Some caches (recurrent, sliding-window past its window) cannot be cut back.
             llama_cpp.llama_memory_seq_rm(self._memory, slot.seq_id, -1, -1)
@@ -220,12 +248,42 @@ class BatchScheduler:
         slot.job = job
         job.slot = slot.seq_id
         job.evaluated = job.reused = reused
-        job.sampler = _build_sampler(job.sampling, self._vocab, self._n_vocab)
         job.text = IncrementalDetokenizer(self._token_bytes)
         job.stops = StopStringFilter(job.stop_strings)
+        self._start_sampling(job)
+        if job.media is not None:
+            # Media chunks (and the text before them) go into the slot now, in this thread: the
+            # running streams wait meanwhile. The text after them is prefilled in batches.
+            job.evaluated = job.media.evaluate(self._context, slot.seq_id, reused, self._n_batch)
+            slot.cached = list(job.prompt[: job.evaluated])
+
+    def _start_sampling(self, job: Job) -> None:
+        """The samplers of the job's settings. With a reasoning phase, the answer's sampler is
+        built now too (a grammar that does not parse fails the job before it starts) and waits
+        for the answer."""
+        job.sampler = _build_sampler(job.sampling, self._vocab, self._n_vocab)
+        if job.answer_sampling is not None:
+            job.answer_sampler = _build_sampler(job.answer_sampling, self._vocab, self._n_vocab)
+        self._shape(job)
+
+    def _shape(self, job: Job) -> None:
+        """Logit bias and log-probabilities of the job's current settings; log-probabilities
+        belong to the answer only, not to a reasoning phase."""
         job.bias = LogitBias(job.sampling.logit_bias) if job.sampling.logit_bias else None
-        job.logprobs = LogprobTracker(job.top_logprobs) if job.top_logprobs is not None else None
+        answering = job.answer_sampling is None
+        job.logprobs = (
+            LogprobTracker(job.top_logprobs) if answering and job.top_logprobs is not None else None
+        )
         job.shaped = job.logprobs is not None or (job.bias is not None and job.sampling.greedy)
+
+    def _start_answer(self, job: Job) -> None:
+        """The reasoning ended: the answer's settings and sampler from the next token on."""
+        assert job.answer_sampling is not None
+        if job.sampler is not None:
+            llama_cpp.llama_sampler_free(job.sampler)
+        job.sampler, job.answer_sampler = job.answer_sampler, None
+        job.sampling, job.answer_sampling = job.answer_sampling, None
+        self._shape(job)
 
     def _step(self, running: list[Job]) -> None:
         """One llama_decode over a token of every generating job plus prompt chunks."""
@@ -235,7 +293,11 @@ class BatchScheduler:
             job.batch_index = -1
             job.chunk = 0
             if not job.prefilling:
-                size = self._add(size, job.next_token, job.position, job.slot, logits=True)
+                size = self._add(
+                    size, job.next_token, job.position, job.slot, logits=not job.forced
+                )
+                if job.forced:
+                    size = self._add_forced(size, job)
                 job.batch_index = size - 1
         for job in running:
             if size >= self._n_batch:
@@ -260,6 +322,10 @@ class BatchScheduler:
                 job.evaluated += job.chunk
             elif job.completion_tokens > 0:
                 self._slot(job).cached.append(job.next_token)
+                if job.forced:
+                    self._slot(job).cached.extend(job.forced)
+                    job.injected += len(job.forced)
+                    job.forced = ()
             if job.batch_index >= 0 and not job.prefilling:
                 sampling.append(job)
         # Sampling reads a whole vocabulary of logits per sequence (262k for Gemma): the decode
@@ -271,6 +337,16 @@ class BatchScheduler:
             tokens = [self._draw(job) for job in sampling]
         for job, token in zip(sampling, tokens, strict=True):
             self._take(job, token)
+
+    def _add_forced(self, size: int, job: Job) -> int:
+        """The job's forced tokens after its last sampled one; the next token is sampled from
+        the logits of the last of them. A handful of tokens: n_batch always has room for them
+        beside one token of every slot."""
+        start = job.position + 1
+        last = len(job.forced) - 1
+        for offset, token in enumerate(job.forced):
+            size = self._add(size, token, start + offset, job.slot, logits=offset == last)
+        return size
 
     def _add(self, size: int, token: int, position: int, seq_id: int, *, logits: bool) -> int:
         batch = self._batch
@@ -321,18 +397,49 @@ class BatchScheduler:
         job.completion_tokens += 1
         job.next_token = token
         if llama_cpp.llama_vocab_is_eog(self._vocab, token):
+            self._end_reasoning(job)
             # The end-of-generation token has no text and no log-probability in the answer.
             self._emit_text(job, job.stops.feed(job.text.flush()) + job.stops.flush(), end=True)
             self._finish(job, FinishReason.STOP)
             return
-        if job.logprobs is not None:
-            job.logprobs.sampled()
-        self._emit_text(job, job.stops.feed(job.text.push(token)))
+        if job.reasoning is not None and job.reasoning.thinking:
+            text = self._take_reasoning(job, token)
+        else:
+            if job.logprobs is not None:
+                job.logprobs.sampled()
+            text = job.text.push(token)
+        self._emit_text(job, job.stops.feed(text))
         if job.stops.stopped:
             self._finish(job, FinishReason.STOP)
         elif job.completion_tokens >= job.max_tokens:
+            self._end_reasoning(job)
             self._emit_text(job, job.stops.feed(job.text.flush()) + job.stops.flush(), end=True)
             self._finish(job, FinishReason.LENGTH)
+
+    def _take_reasoning(self, job: Job, token: int) -> str:
+        """A token sampled before the answer began: its reasoning text goes out, the answer's
+        sampling starts when the reasoning ends (a rescue's forced tokens are fed first).
+        Returns the token's answer text."""
+        assert job.reasoning is not None and job.text is not None
+        step = job.reasoning.take(token, job.text.push(token))
+        if step.reasoning:
+            job.emit(ReasoningDelta(step.reasoning))
+        if step.closed:
+            job.forced = step.forced
+            self._start_answer(job)
+        elif job.logprobs is not None:
+            if step.answer:
+                job.logprobs.sampled()
+            else:  # blank text between the end marker and the answer: not part of the answer
+                job.logprobs.drawn = None
+        return step.answer
+
+    def _end_reasoning(self, job: Job) -> None:
+        """The generation ends inside its reasoning: the reasoning text held back goes out."""
+        if job.reasoning is not None and job.reasoning.thinking:
+            held = job.reasoning.finish()
+            if held:
+                job.emit(ReasoningDelta(held))
 
     def _decode_failed(self, running: list[Job], result: int) -> None:
         if result == DECODE_NO_ROOM and len(running) > 1:
@@ -374,6 +481,9 @@ class BatchScheduler:
         if job.sampler is not None:
             llama_cpp.llama_sampler_free(job.sampler)
             job.sampler = None
+        if job.answer_sampler is not None:
+            llama_cpp.llama_sampler_free(job.answer_sampler)
+            job.answer_sampler = None
         job.on_finish(job, reason, detail)
         job.emit(None)
 
@@ -404,7 +514,7 @@ def _build_sampler(
             chain, llama_cpp.llama_sampler_init_logit_bias(n_vocab, len(biases), biases)
         )
     if settings.grammar:
-        grammar = llama_cpp.llama_sampler_init_grammar(vocab, settings.grammar.encode(), b"root")
+        grammar = _grammar_sampler(settings, vocab)
         if not grammar:
             llama_cpp.llama_sampler_free(chain)
             raise ValueError("the output grammar does not parse")
@@ -427,6 +537,29 @@ def _build_sampler(
     )
     llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_dist(settings.seed))
     return chain
+
+
+def _grammar_sampler(
+    settings: SamplingSettings, vocab: llama_cpp.llama_vocab_p
+) -> llama_cpp.llama_sampler_p:
+    """The grammar's sampler (NULL when the grammar does not parse); lazy with triggers."""
+    sampler: llama_cpp.llama_sampler_p
+    if not settings.grammar_triggers:
+        sampler = llama_cpp.llama_sampler_init_grammar(vocab, settings.grammar.encode(), b"root")
+        return sampler
+    # llama.cpp matches each pattern against the whole text so far and hands the grammar the
+    # text from the first capture group on: the trigger word and what came with its token.
+    words = "|".join(_regex_escape(word) for word in settings.grammar_triggers)
+    patterns = (ctypes.c_char_p * 1)(f"^[\\s\\S]*?({words})[\\s\\S]*".encode())
+    sampler = llama_cpp.llama_sampler_init_grammar_lazy_patterns(
+        vocab, settings.grammar.encode(), b"root", patterns, 1, None, 0
+    )
+    return sampler
+
+
+def _regex_escape(word: str) -> str:
+    """`word` as a literal of llama.cpp's (std::regex ECMAScript) patterns."""
+    return "".join(f"\\{char}" if char in REGEX_SPECIAL else char for char in word)
 
 
 def token_piece(vocab: llama_cpp.llama_vocab_p, token: int) -> bytes:

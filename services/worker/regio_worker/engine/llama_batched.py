@@ -4,14 +4,20 @@ llama context (see batch_scheduler.py for how a step is built).
 Sampling follows the OpenAI defaults (temperature 1, top_p 1) on top of llama.cpp's top-k 40
 and min-p 0.05, which keep small models on track; temperature 0 samples greedily. `logit_bias`
 is applied first (in llama.cpp's sampler chain, and in the greedy argmax); log-probabilities,
-when asked for, are those of the biased logits before any other sampling step (logprobs.py)."""
+when asked for, are those of the biased logits before any other sampling step (logprobs.py).
+
+A model with reasoning markers (the catalogue's thinking_start / thinking_end) reasons at the
+request's effort: the prompt's end sets it (reasoning_prompt.py) and the scheduler splits the
+reasoning from the answer and rescues reasoning that runs over its budget or loops
+(reasoning.py)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncGenerator
-from dataclasses import dataclass
+import math
+from collections.abc import AsyncGenerator, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import llama_cpp
@@ -23,6 +29,7 @@ from regio_common.errors import (
     GENERATION_FAILED,
     INVALID_LOGIT_BIAS,
     INVALID_RESPONSE_FORMAT,
+    INVALID_TOOLS,
 )
 from regio_worker.engine.base import (
     ContextCompressed,
@@ -31,13 +38,30 @@ from regio_worker.engine.base import (
     GenerationEvent,
     GenerationFinished,
     GenerationRequest,
+    ReasoningEffort,
     Usage,
 )
 from regio_worker.engine.batch_scheduler import BatchScheduler, Job, SamplingSettings, token_piece
 from regio_worker.engine.chat_prompt import ChatPromptBuilder, PromptTokens
 from regio_worker.engine.context_fit import answer_room, fit_messages
-from regio_worker.engine.json_output import output_grammar
 from regio_worker.engine.llama_chat_formats import gguf_chat_format, named_chat_format
+from regio_worker.engine.multimodal import (
+    MediaMarkers,
+    MediaPrompt,
+    MediaPrompts,
+    MediaRefused,
+    MediaTokenBounds,
+    load_projector,
+)
+from regio_worker.engine.reasoning import ReasoningMarkers, ReasoningPhase, reasoning_budget
+from regio_worker.engine.reasoning_prompt import ReasoningPrompt
+from regio_worker.engine.tools.grammar import (
+    AnswerGrammar,
+    InvalidToolsError,
+    answer_grammar,
+)
+from regio_worker.engine.tools.markup import tools_section
+from regio_worker.engine.tools.parser import ToolCallParser
 
 log = structlog.get_logger()
 
@@ -79,9 +103,14 @@ class BatchedLlamaEngine(Engine):
         slots: int = 1,
         n_batch: int = 512,
         gpu: GpuPlacement | None = None,
+        reasoning_markers: ReasoningMarkers | None = None,
+        mmproj_path: Path | None = None,
+        media_bounds: MediaTokenBounds | None = None,
     ) -> None:
         """Loads the model (blocking, about a second for a small model). `n_ctx` is the context
-        of one generation; the KV cache holds `slots` of them."""
+        of one generation; the KV cache holds `slots` of them. `reasoning_markers`: how a
+        thinking model marks its reasoning; None: the model does not reason (an effort asked
+        for is ignored)."""
         gpu = gpu or GpuPlacement()
         self._llm = Llama(
             model_path=str(model_path),
@@ -97,7 +126,33 @@ class BatchedLlamaEngine(Engine):
         self._vocab = llama_cpp.llama_model_get_vocab(self._llm.model)
         self._n_vocab: int = llama_cpp.llama_vocab_n_tokens(self._vocab)
         format_chat = named_chat_format(chat_format) if chat_format else gguf_chat_format(self._llm)
-        self.prompts = ChatPromptBuilder(format_chat, self._tokenize)
+        # Images and audio (multimodal.py): the projector, when the route has one, reads them;
+        # prompts are tokenized through it when they hold media.
+        media_bounds = media_bounds or MediaTokenBounds(per_image=1024, per_audio_clip=1500)
+        markers = MediaMarkers()
+        projector = (
+            load_projector(
+                mmproj_path,
+                self._llm.model,
+                markers=markers,
+                n_threads=n_threads,
+                use_gpu=gpu.n_gpu_layers != 0,
+                bounds=media_bounds,
+            )
+            if mmproj_path is not None
+            else None
+        )
+        self._media = MediaPrompts(projector, self._tokenize, media_bounds, markers)
+        self.prompts = ChatPromptBuilder(format_chat, self._media.tokenize)
+        self._reasoning = (
+            ReasoningPrompt(reasoning_markers, self._tokenize_plain, self._render)
+            if reasoning_markers is not None
+            else None
+        )
+        # Banned while a model reasons: its turn cannot end before its reasoning does.
+        self._end_of_generation = (
+            _end_of_generation_tokens(self._vocab) if reasoning_markers is not None else ()
+        )
         self._context = _new_context(
             self._llm,
             n_ctx=self._n_ctx * slots,
@@ -134,8 +189,17 @@ class BatchedLlamaEngine(Engine):
         return self._n_vocab
 
     async def generate(self, request: GenerationRequest) -> AsyncGenerator[GenerationEvent, None]:
+        media: MediaPrompt | None = None
         try:
-            prompt, dropped = self._prompt(request)
+            # Media become markers in the messages and chunks of the projector (multimodal.py).
+            with self._media.prepare(request) as preparation:
+                prompt, dropped = self._prompt(preparation.request)
+                media = preparation.prompt(prompt.tokens)
+        except MediaRefused as refused:
+            yield GenerationFinished(
+                FinishReason.ERROR, error_message=str(refused), error_code=refused.code
+            )
+            return
         except Exception as error:
             log.exception("prompt_failed")
             yield GenerationFinished(
@@ -165,7 +229,12 @@ class BatchedLlamaEngine(Engine):
             )
             return
         try:
-            grammar = output_grammar(request)
+            grammar = answer_grammar(request)
+        except InvalidToolsError as error:
+            yield GenerationFinished(
+                FinishReason.ERROR, usage, str(error), error_code=INVALID_TOOLS
+            )
+            return
         except ValueError as error:
             yield GenerationFinished(
                 FinishReason.ERROR, usage, str(error), error_code=INVALID_RESPONSE_FORMAT
@@ -183,32 +252,42 @@ class BatchedLlamaEngine(Engine):
             return
         events: asyncio.Queue[GenerationEvent | None] = asyncio.Queue()
         job = self._job(request, prompt, room, usage, events, grammar)
+        job.media = media
         self._jobs[request.transaction_id] = job
         self._scheduler.submit(job)
+        # Requests without tools skip the parser: no cost per token for them.
+        tool_calls = _tool_call_parser(request)
         try:
             if dropped:
                 yield ContextCompressed(dropped)
             while (event := await events.get()) is not None:
-                yield event
+                if tool_calls is None:
+                    yield event
+                    continue
+                for parsed in tool_calls.events(event):
+                    yield parsed
+                if tool_calls.complete:
+                    job.abort.set()  # the rest would be dropped: stop generating it
         finally:
             job.abort.set()  # a consumer that stops listening frees the slot too
             self._jobs.pop(request.transaction_id, None)
 
     def _prompt(self, request: GenerationRequest) -> tuple[PromptTokens, int]:
         """The prompt's tokens, and how many messages middle-out left out to make it fit."""
-        free = request.free_system_prompt
-        prompt = self.prompts.build(request.messages, free)
+        free = self._system_prompt(request)
+        tools = tools_section(request)
+        prompt = self.prompts.build(request.messages, free, tools)
         room = answer_room(request.max_tokens, self._n_ctx)
         if not request.middle_out or len(prompt.tokens) + room <= self._n_ctx:
             return prompt, 0
         fitted = fit_messages(
             request.messages,
-            lambda messages: self.prompts.count(messages, free),
+            lambda messages: self.prompts.count(messages, free, tools),
             self._n_ctx - room,
         )
         if not fitted.dropped:
             return prompt, 0
-        compressed = self.prompts.build(fitted.messages, free)
+        compressed = self.prompts.build(fitted.messages, free, tools)
         log.info(
             "context_compressed",
             dropped_messages=fitted.dropped,
@@ -230,6 +309,7 @@ class BatchedLlamaEngine(Engine):
             job.abort.set()
         await asyncio.to_thread(self._scheduler.close)
         llama_cpp.llama_free(self._context)
+        self._media.close()  # the projector refers to the model
         self._llm.close()
 
     def _job(
@@ -239,46 +319,92 @@ class BatchedLlamaEngine(Engine):
         room: int,
         usage: Usage,
         events: asyncio.Queue[GenerationEvent | None],
-        grammar: str,
+        grammar: AnswerGrammar,
     ) -> Job:
         loop = asyncio.get_running_loop()
+        # The reasoning block that ends the prompt (free tokens), and a rescue's end marker,
+        # which takes context positions without being a completion token.
+        prefill = self._prefill(request, prompt.tokens)
+        reasoning = self._reasoning if request.reasoning_effort is not ReasoningEffort.OFF else None
+        rescue_room = len(reasoning.forced_end) if reasoning is not None else 0
 
         def emit(event: GenerationEvent | None) -> None:
             with contextlib.suppress(RuntimeError):  # a closed loop: nobody listens any more
                 loop.call_soon_threadsafe(events.put_nowait, event)
 
         def on_finish(job: Job, reason: FinishReason, detail: str) -> None:
-            # The free prompt comes first, so the reused prefix covers its tokens first.
-            cached = max(job.reused - prompt.free_prompt_tokens, 0)
+            # The free prompt comes first, so the reused prefix covers its tokens first; the
+            # reasoning prefill comes last and is free too.
+            cached = min(max(job.reused - prompt.free_prompt_tokens, 0), usage.prompt_tokens)
+            phase = job.reasoning
             final = Usage(
                 prompt_tokens=usage.prompt_tokens,
-                free_prompt_tokens=usage.free_prompt_tokens,
+                free_prompt_tokens=usage.free_prompt_tokens + len(prefill),
                 completion_tokens=job.completion_tokens,
                 cached_tokens=cached,
+                reasoning_tokens=phase.tokens if phase is not None else 0,
             )
             code = GENERATION_FAILED if reason is FinishReason.ERROR else ""
             message = f"The model failed while generating: {detail}" if detail else ""
-            emit(GenerationFinished(reason, final, message, error_code=code))
+            rescued = phase.rescued if phase is not None else ""
+            emit(GenerationFinished(reason, final, message, code, thinking_rescued=rescued))
 
         # The gateway clamps max_tokens to the route; the context may still be shorter.
+        room = max(room - len(prefill) - rescue_room, 1)
         max_tokens = room if request.max_tokens is None else min(request.max_tokens, room)
+        sampling = _sampling(request, grammar)
+        phase = self._reasoning_phase(request, max_tokens) if reasoning is not None else None
         return Job(
-            prompt=prompt.tokens,
+            prompt=prompt.tokens + prefill,
             max_tokens=max_tokens,
-            sampling=_sampling(request, grammar),
+            sampling=(
+                _reasoning_sampling(sampling, self._end_of_generation) if phase else sampling
+            ),
+            answer_sampling=sampling if phase else None,
+            reasoning=phase,
             stop_strings=(*request.stop, *prompt.stop_strings),
             emit=emit,
             on_finish=on_finish,
             top_logprobs=request.top_logprobs,
         )
 
+    def _system_prompt(self, request: GenerationRequest) -> str:
+        """The free system prompt, with the instruction of a deep reasoning effort after it."""
+        if self._reasoning is None:
+            return request.free_system_prompt
+        return self._reasoning.system_prompt(request.free_system_prompt, request.reasoning_effort)
+
+    def _prefill(self, request: GenerationRequest, prompt: Sequence[int]) -> list[int]:
+        """The tokens that open (or, effort OFF, open and close) the reasoning block."""
+        if self._reasoning is None:
+            return []
+        return self._reasoning.prefill(prompt, request.reasoning_effort)
+
+    def _reasoning_phase(self, request: GenerationRequest, max_tokens: int) -> ReasoningPhase:
+        assert self._reasoning is not None
+        return ReasoningPhase(
+            self._reasoning.markers,
+            budget=reasoning_budget(request.reasoning_effort, request.reasoning_budget, max_tokens),
+            forced_end=self._reasoning.forced_end,
+            end_token=self._reasoning.end_token,
+        )
+
     def _tokenize(self, text: str, add_bos: bool) -> list[int]:
         return self._llm.tokenize(text.encode("utf-8"), add_bos=add_bos, special=True)
 
+    def _tokenize_plain(self, text: str) -> list[int]:
+        return self._tokenize(text, False)
 
-def _sampling(request: GenerationRequest, grammar: str) -> SamplingSettings:
+    def _render(self, tokens: Sequence[int]) -> str:
+        """The text of a few tokens, special ones included."""
+        text: bytes = self._llm.detokenize(list(tokens), special=True)
+        return text.decode("utf-8", errors="replace")
+
+
+def _sampling(request: GenerationRequest, grammar: AnswerGrammar) -> SamplingSettings:
     return SamplingSettings(
-        grammar=grammar,
+        grammar=grammar.grammar,
+        grammar_triggers=grammar.triggers,
         temperature=DEFAULT_TEMPERATURE if request.temperature is None else request.temperature,
         top_p=DEFAULT_TOP_P if request.top_p is None else request.top_p,
         top_k=TOP_K,
@@ -288,6 +414,28 @@ def _sampling(request: GenerationRequest, grammar: str) -> SamplingSettings:
         seed=llama_cpp.LLAMA_DEFAULT_SEED if request.seed is None else request.seed % SEED_MODULUS,
         logit_bias=request.logit_bias,
     )
+
+
+def _reasoning_sampling(
+    answer: SamplingSettings, end_of_generation: Sequence[int]
+) -> SamplingSettings:
+    """The reasoning phase samples as the answer does, but without the answer's grammar (which
+    starts with the answer) and without ending the generation."""
+    banned = tuple((token, -math.inf) for token in end_of_generation)
+    return replace(answer, grammar="", logit_bias=(*answer.logit_bias, *banned))
+
+
+def _end_of_generation_tokens(vocab: llama_cpp.llama_vocab_p) -> tuple[int, ...]:
+    """Every token that ends a generation (a tenth of a second over Gemma's 262k tokens)."""
+    count = llama_cpp.llama_vocab_n_tokens(vocab)
+    return tuple(token for token in range(count) if llama_cpp.llama_vocab_is_eog(vocab, token))
+
+
+def _tool_call_parser(request: GenerationRequest) -> ToolCallParser | None:
+    if not request.may_call_tools:
+        return None
+    names = [tool.name for tool in request.tools]
+    return ToolCallParser(names, parallel=request.parallel_tool_calls)
 
 
 def _new_context(

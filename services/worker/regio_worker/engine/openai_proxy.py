@@ -20,15 +20,42 @@ Without a usage chunk (cancelled, or the stream broke), prompt tokens are unknow
 `logprobs`, `top_logprobs` and `logit_bias` are forwarded as they came; the upstream's
 `choices[0].logprobs.content` entries travel back with the text of their chunk (an upstream
 that sends none gives an empty list). An upstream's 4xx that names `logit_bias` (a token id
-outside its vocabulary) is the client's 400 on `logit_bias`."""
+outside its vocabulary) is the client's 400 on `logit_bias`.
+
+Tools, reasoning and media (what llama-server and vLLM accept; both ignore fields they do not
+know, except that vLLM validates `reasoning_effort`):
+
+- Tools go in OpenAI's shape (`tools`, `tool_choice`, and `parallel_tool_calls` always set when
+  tools may be called: llama-server's default is false, OpenAI's true). A named function goes
+  as "required" with only that tool (llama-server reads no named choice). Conversation turns
+  keep their `tool_calls` and `tool_call_id`. llama-server needs `--jinja` for tools; vLLM
+  needs `--enable-auto-tool-choice --tool-call-parser …` for "auto".
+- Streamed `delta.tool_calls` become ToolCallDelta events renumbered 0, 1, … in order of
+  appearance: the first piece of a call carries the upstream's id (a `call_…` id is made when it
+  has none; llama-server's ids are 32 letters and digits) and the name, later pieces only
+  arguments. An answer that called tools finishes TOOL_CALLS even if the upstream said "stop".
+- Effort OFF sends `chat_template_kwargs: {"enable_thinking": false}` (the switch of Qwen3-style
+  templates on both servers) and no `reasoning_effort`: vLLM accepts only low/medium/high there
+  and would refuse "none" on every request of a route without thinking. MEDIUM sends
+  `reasoning_effort: "medium"`, HIGH and MAX "high" (neither server knows more), also as a
+  chat-template variable (gpt-oss templates read it) next to `enable_thinking: true`.
+  `delta.reasoning_content` (llama-server, vLLM) or else `delta.reasoning` (OpenRouter, newer
+  vLLM, which may send both with the same text) become ReasoningDelta events; reasoning tokens
+  come from `usage.completion_tokens_details.reasoning_tokens`, at least one per reasoning delta.
+- Thinking rescue is not possible through a proxy: the upstream samples the whole answer, so
+  the worker cannot end its reasoning and make it answer. The reasoning budget is not sent
+  (neither server takes one per request); `thinking_rescued` stays empty.
+- Media become content parts at their text offsets: images as `image_url` data URLs of their
+  type, audio as `input_audio` with format wav or mp3. llama-server needs `--mmproj` for them."""
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 from collections import OrderedDict
-from collections.abc import AsyncGenerator, Awaitable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -37,17 +64,26 @@ import structlog
 
 from regio_common.errors import CONTEXT_LENGTH_EXCEEDED, GENERATION_FAILED, INVALID_LOGIT_BIAS
 from regio_worker.engine.base import (
+    ChatMessage,
     Engine,
     FinishReason,
     GenerationEvent,
     GenerationFinished,
     GenerationRequest,
+    MediaKind,
+    MediaPart,
     OutputFormat,
+    ReasoningDelta,
+    ReasoningEffort,
     TextDelta,
     TokenLogprob,
+    ToolCallDelta,
+    ToolChoiceMode,
+    ToolDefinition,
     TopLogprob,
     Usage,
 )
+from regio_worker.engine.tool_call_ids import new_tool_call_id
 
 log = structlog.get_logger()
 
@@ -58,8 +94,24 @@ ERROR_BODY_LIMIT = 64 * 1024  # bytes of an upstream error body read for classif
 READ_BUFFER_BYTES = 1 << 20  # longest SSE line accepted
 DONE = "[DONE]"
 
-# Upstream finish reasons that end a generation normally; everything else but "length" is STOP.
+# Upstream finish reasons that end a generation normally; everything else but these is STOP.
 _LENGTH_REASONS = frozenset({"length", "max_tokens"})
+_TOOL_CALL_REASONS = frozenset({"tool_calls", "function_call"})
+# input_audio's `format` for the audio types the gateway delivers (and their aliases).
+AUDIO_FORMATS = {
+    "audio/wav": "wav",
+    "audio/x-wav": "wav",
+    "audio/wave": "wav",
+    "audio/vnd.wave": "wav",
+    "audio/mpeg": "mp3",
+    "audio/mp3": "mp3",
+}
+# `reasoning_effort` sent for each effort that reasons (module docstring).
+UPSTREAM_EFFORTS = {
+    ReasoningEffort.MEDIUM: "medium",
+    ReasoningEffort.HIGH: "high",
+    ReasoningEffort.MAX: "high",
+}
 _CONTEXT_LENGTH_MARKERS = (
     "context_length_exceeded",  # OpenAI's code
     "exceed_context_size",  # llama-server's error type
@@ -98,13 +150,10 @@ class UpstreamError(Exception):
 
 def chat_completion_body(request: GenerationRequest, model: str | None) -> dict[str, Any]:
     """The upstream request: the free system prompt first as its own system message."""
-    messages: list[dict[str, str]] = []
+    messages: list[dict[str, Any]] = []
     if request.free_system_prompt:
         messages.append({"role": "system", "content": request.free_system_prompt})
-    for message in request.messages:
-        # Chat templates of open models know no "developer" role; OpenAI treats it as system.
-        role = "system" if message.role == "developer" else message.role
-        messages.append({"role": role, "content": message.content})
+    messages += [upstream_message(message) for message in request.messages]
     body: dict[str, Any] = {
         "messages": messages,
         "stream": True,
@@ -136,7 +185,104 @@ def chat_completion_body(request: GenerationRequest, model: str | None) -> dict[
             "type": "json_schema",
             "json_schema": {"name": "response", "schema": schema},
         }
+    body.update(tool_fields(request))
+    body.update(reasoning_fields(request.reasoning_effort))
     return body
+
+
+def upstream_message(message: ChatMessage) -> dict[str, Any]:
+    """One conversation turn in OpenAI's shape."""
+    # Chat templates of open models know no "developer" role; OpenAI treats it as system.
+    role = "system" if message.role == "developer" else message.role
+    upstream: dict[str, Any] = {"role": role, "content": message_content(message)}
+    if message.tool_calls:
+        upstream["tool_calls"] = [
+            {
+                "id": call.id,
+                "type": "function",
+                "function": {"name": call.name, "arguments": call.arguments},
+            }
+            for call in message.tool_calls
+        ]
+        if not message.content:
+            upstream["content"] = None  # OpenAI's way to say "only calls"
+    if message.tool_call_id:
+        upstream["tool_call_id"] = message.tool_call_id
+    if message.name:
+        upstream["name"] = message.name
+    return upstream
+
+
+def message_content(message: ChatMessage) -> str | list[dict[str, Any]]:
+    """The text, or with media the content parts: text cut at each part's offset."""
+    if not message.media:
+        return message.content
+    text = message.content
+    parts: list[dict[str, Any]] = []
+    cursor = 0
+    for part in sorted(message.media, key=lambda part: part.text_offset):
+        offset = min(max(part.text_offset, cursor), len(text))
+        if offset > cursor:
+            parts.append({"type": "text", "text": text[cursor:offset]})
+        parts.append(media_content_part(part))
+        cursor = offset
+    if cursor < len(text):
+        parts.append({"type": "text", "text": text[cursor:]})
+    return parts
+
+
+def media_content_part(part: MediaPart) -> dict[str, Any]:
+    encoded = base64.b64encode(part.data).decode("ascii")
+    if part.kind is MediaKind.IMAGE:
+        url = f"data:{part.mime_type};base64,{encoded}"
+        return {"type": "image_url", "image_url": {"url": url}}
+    audio_format = AUDIO_FORMATS.get(part.mime_type, part.mime_type.rpartition("/")[2])
+    return {"type": "input_audio", "input_audio": {"data": encoded, "format": audio_format}}
+
+
+def tool_fields(request: GenerationRequest) -> dict[str, Any]:
+    """`tools`, `tool_choice` and `parallel_tool_calls`; nothing without tools (llama-server
+    without --jinja refuses a tool_choice other than "auto"). A named function is sent as
+    "required" with only that tool: the same promise, and llama-server reads no other
+    tool_choice than "auto", "none" and "required"."""
+    if not request.tools:
+        return {}
+    tools, choice = request.tools, request.tool_choice.value  # "auto", "none", "required"
+    if request.tool_choice is ToolChoiceMode.FUNCTION:
+        named = tuple(tool for tool in tools if tool.name == request.tool_choice_function)
+        tools, choice = named or tools, ToolChoiceMode.REQUIRED.value
+    fields: dict[str, Any] = {
+        "tools": [upstream_tool(tool) for tool in tools],
+        "tool_choice": choice,
+    }
+    if request.may_call_tools:
+        fields["parallel_tool_calls"] = request.parallel_tool_calls
+    return fields
+
+
+def upstream_tool(tool: ToolDefinition) -> dict[str, Any]:
+    function: dict[str, Any] = {"name": tool.name}
+    if tool.description:
+        function["description"] = tool.description
+    function["parameters"] = (
+        json.loads(tool.parameters_json)
+        if tool.parameters_json
+        else {"type": "object", "properties": {}}
+    )
+    if tool.strict:
+        function["strict"] = True
+    return {"type": "function", "function": function}
+
+
+def reasoning_fields(effort: ReasoningEffort) -> dict[str, Any]:
+    """How the upstream is told the effort (module docstring)."""
+    level = UPSTREAM_EFFORTS.get(effort)
+    if level is None:
+        return {"chat_template_kwargs": {"enable_thinking": False}}
+    return {
+        "reasoning_effort": level,
+        "chat_template_kwargs": {"enable_thinking": True, "reasoning_effort": level},
+    }
 
 
 @dataclass(frozen=True)
@@ -186,6 +332,17 @@ class UpstreamUsage:
     prompt_tokens: int
     completion_tokens: int
     cached_tokens: int = 0
+    reasoning_tokens: int = 0  # of completion_tokens; 0 also when the upstream does not say
+
+
+@dataclass(frozen=True)
+class UpstreamToolCall:
+    """A piece of a streamed tool call as the upstream sent it (index and id may be missing)."""
+
+    index: int | None = None
+    id: str = ""
+    name: str = ""
+    arguments: str = ""
 
 
 @dataclass(frozen=True)
@@ -195,6 +352,12 @@ class StreamChunk:
     usage: UpstreamUsage | None = None
     done: bool = False
     logprobs: tuple[TokenLogprob, ...] = ()
+    reasoning: str = ""
+    tool_calls: tuple[UpstreamToolCall, ...] = ()
+
+    @property
+    def has_content(self) -> bool:
+        return bool(self.text or self.logprobs or self.reasoning or self.tool_calls)
 
 
 def parse_event(event: SseEvent) -> StreamChunk:
@@ -209,18 +372,53 @@ def parse_event(event: SseEvent) -> StreamChunk:
         raise UpstreamError(GENERATION_FAILED, MESSAGE_BAD_STREAM)
     if event.event == "error" or "error" in payload:
         raise upstream_error(None, json.dumps(payload.get("error", payload)))
-    text, finish_reason = "", None
-    logprobs: tuple[TokenLogprob, ...] = ()
+    usage = parse_usage(payload.get("usage"))
     choices = payload.get("choices") or []
-    if isinstance(choices, list) and choices and isinstance(choices[0], dict):
-        choice = choices[0]
-        delta = choice.get("delta")
-        if isinstance(delta, dict) and isinstance(delta.get("content"), str):
-            text = delta["content"]
-        if isinstance(choice.get("finish_reason"), str):
-            finish_reason = choice["finish_reason"]
-        logprobs = parse_logprobs(choice.get("logprobs"))
-    return StreamChunk(text, finish_reason, parse_usage(payload.get("usage")), logprobs=logprobs)
+    if not (isinstance(choices, list) and choices and isinstance(choices[0], dict)):
+        return StreamChunk(usage=usage)
+    choice = choices[0]
+    delta = choice.get("delta")
+    delta = delta if isinstance(delta, dict) else {}
+    finish_reason = choice.get("finish_reason")
+    return StreamChunk(
+        text=_text_field(delta, "content"),
+        finish_reason=finish_reason if isinstance(finish_reason, str) else None,
+        usage=usage,
+        logprobs=parse_logprobs(choice.get("logprobs")),
+        # vLLM may send both names with the same text: one of them only.
+        reasoning=_text_field(delta, "reasoning_content") or _text_field(delta, "reasoning"),
+        tool_calls=parse_tool_calls(delta.get("tool_calls")),
+    )
+
+
+def _text_field(delta: dict[str, Any], name: str) -> str:
+    value = delta.get(name)
+    return value if isinstance(value, str) else ""
+
+
+def parse_tool_calls(raw: object) -> tuple[UpstreamToolCall, ...]:
+    """A delta's `tool_calls` pieces; pieces that cannot be read are left out."""
+    if not isinstance(raw, list):
+        return ()
+    pieces: list[UpstreamToolCall] = []
+    for item in raw:
+        if not isinstance(item, dict):
+            continue
+        index, call_id = item.get("index"), item.get("id")
+        function = item.get("function")
+        function = function if isinstance(function, dict) else {}
+        name, arguments = function.get("name"), function.get("arguments")
+        if isinstance(arguments, dict):  # some servers send the object itself
+            arguments = json.dumps(arguments)
+        pieces.append(
+            UpstreamToolCall(
+                index=index if isinstance(index, int) and not isinstance(index, bool) else None,
+                id=call_id if isinstance(call_id, str) else "",
+                name=name if isinstance(name, str) else "",
+                arguments=arguments if isinstance(arguments, str) else "",
+            )
+        )
+    return tuple(pieces)
 
 
 def parse_logprobs(raw: object) -> tuple[TokenLogprob, ...]:
@@ -265,13 +463,93 @@ def parse_usage(raw: object) -> UpstreamUsage | None:
     prompt, completion = raw.get("prompt_tokens"), raw.get("completion_tokens")
     if not isinstance(prompt, int) or not isinstance(completion, int):
         return None
-    details = raw.get("prompt_tokens_details")
-    cached = details.get("cached_tokens") if isinstance(details, dict) else None
-    return UpstreamUsage(prompt, completion, cached if isinstance(cached, int) else 0)
+    return UpstreamUsage(
+        prompt,
+        completion,
+        cached_tokens=_detail(raw, "prompt_tokens_details", "cached_tokens"),
+        reasoning_tokens=_detail(raw, "completion_tokens_details", "reasoning_tokens"),
+    )
+
+
+def _detail(usage: dict[str, Any], details_name: str, name: str) -> int:
+    details = usage.get(details_name)
+    value = details.get(name) if isinstance(details, dict) else None
+    return value if isinstance(value, int) and value > 0 else 0
 
 
 def map_finish_reason(upstream: str) -> FinishReason:
-    return FinishReason.LENGTH if upstream in _LENGTH_REASONS else FinishReason.STOP
+    if upstream in _LENGTH_REASONS:
+        return FinishReason.LENGTH
+    if upstream in _TOOL_CALL_REASONS:
+        return FinishReason.TOOL_CALLS
+    return FinishReason.STOP
+
+
+@dataclass
+class _OpenCall:
+    index: int  # ours: 0, 1, ... in order of appearance
+    id: str
+    named: bool = False
+    held_arguments: str = ""  # arguments that came before the name
+
+
+class StreamTranslator:
+    """Our events from the upstream's chunks, with counts for usage. Tool call pieces follow
+    OpenAI's rule whatever the upstream did: the first piece of a call carries id and name,
+    later pieces only arguments; a call is named by its index, else by its id, else it is the
+    last one; arguments before the name are held back until it comes."""
+
+    def __init__(self, new_id: Callable[[], str] = new_tool_call_id) -> None:
+        self._new_id = new_id
+        self._calls: dict[int | str, _OpenCall] = {}  # by upstream index, or id without one
+        self._last: _OpenCall | None = None
+        self.pieces = 0  # events made: each holds at least one token
+        self.reasoning_pieces = 0
+        self.tool_calls = 0  # calls announced with their name
+
+    def events(self, chunk: StreamChunk) -> list[GenerationEvent]:
+        events: list[GenerationEvent] = []
+        if chunk.reasoning:
+            events.append(ReasoningDelta(chunk.reasoning))
+            self.reasoning_pieces += 1
+        if chunk.text or chunk.logprobs:
+            events.append(TextDelta(chunk.text, chunk.logprobs))
+        for piece in chunk.tool_calls:
+            delta = self._tool_call(piece)
+            if delta is not None:
+                events.append(delta)
+        self.pieces += len(events)
+        return events
+
+    def finish_reason(self, upstream: str) -> FinishReason:
+        """An answer that called tools finishes TOOL_CALLS even if the upstream said "stop"."""
+        reason = map_finish_reason(upstream)
+        if reason is FinishReason.STOP and self.tool_calls:
+            return FinishReason.TOOL_CALLS
+        return reason
+
+    def _tool_call(self, piece: UpstreamToolCall) -> ToolCallDelta | None:
+        call = self._call_of(piece)
+        self._last = call
+        if call.named:
+            return ToolCallDelta(call.index, arguments=piece.arguments) if piece.arguments else None
+        if not piece.name:
+            call.held_arguments += piece.arguments
+            return None
+        call.named = True
+        self.tool_calls += 1
+        arguments, call.held_arguments = call.held_arguments + piece.arguments, ""
+        return ToolCallDelta(call.index, call.id, piece.name, arguments)
+
+    def _call_of(self, piece: UpstreamToolCall) -> _OpenCall:
+        key: int | str | None = piece.index if piece.index is not None else piece.id or None
+        if key is None and self._last is not None:
+            return self._last
+        if key is not None and key in self._calls:
+            return self._calls[key]
+        call = _OpenCall(index=len(self._calls), id=piece.id or self._new_id())
+        self._calls[key if key is not None else call.id] = call
+        return call
 
 
 def is_context_length_error(text: str) -> bool:
@@ -296,21 +574,29 @@ def free_prompt_byte_bound(text: str) -> int:
 
 
 def settle_usage(
-    upstream: UpstreamUsage | None, free_text_tokens: int, has_free_prompt: bool, deltas: int
+    upstream: UpstreamUsage | None,
+    free_text_tokens: int,
+    has_free_prompt: bool,
+    deltas: int,
+    reasoning_deltas: int = 0,
 ) -> Usage:
     """Our usage from the upstream's (module docstring): the free prompt's upper bound is
-    subtracted from the prompt and cached tokens, never more than there are."""
+    subtracted from the prompt and cached tokens, never more than there are. Reasoning tokens:
+    the upstream's count, but at least one per reasoning delta received (llama-server does not
+    count them), never more than the completion tokens."""
     if upstream is None:
-        return Usage(completion_tokens=deltas)
+        return Usage(completion_tokens=deltas, reasoning_tokens=reasoning_deltas)
     bound = free_text_tokens + SYSTEM_MESSAGE_OVERHEAD_TOKENS if has_free_prompt else 0
     free = min(bound, max(upstream.prompt_tokens, 0))
     prompt = max(upstream.prompt_tokens, 0) - free
     cached = min(max(upstream.cached_tokens - free, 0), prompt)
+    completion = max(upstream.completion_tokens, 0)
     return Usage(
         prompt_tokens=prompt,
-        completion_tokens=max(upstream.completion_tokens, 0),
+        completion_tokens=completion,
         free_prompt_tokens=free,
         cached_tokens=cached,
+        reasoning_tokens=min(max(upstream.reasoning_tokens, reasoning_deltas), completion),
     )
 
 
@@ -332,7 +618,7 @@ class _Call:
 
 @dataclass
 class _Progress:
-    deltas: int = 0
+    translator: StreamTranslator = field(default_factory=StreamTranslator)
     usage: UpstreamUsage | None = None
     finish_reason: str | None = None
 
@@ -394,10 +680,10 @@ class OpenAIProxyEngine(Engine):
             free_count = asyncio.create_task(self.free_prompt_bound(request.free_system_prompt))
         try:
             try:
-                async with contextlib.aclosing(self._stream(request, call, progress)) as pieces:
-                    async for text, logprobs in pieces:
-                        progress.deltas += 1
-                        yield TextDelta(text, logprobs)
+                async with contextlib.aclosing(self._stream(request, call, progress)) as chunks:
+                    async for chunk in chunks:
+                        for event in progress.translator.events(chunk):
+                            yield event
             except _Cancelled:
                 usage = await self._usage(progress, request, free_count)
                 yield GenerationFinished(FinishReason.CANCELLED, usage)
@@ -407,14 +693,16 @@ class OpenAIProxyEngine(Engine):
                 yield GenerationFinished(FinishReason.ERROR, usage, error.message, error.code)
                 return
             if progress.finish_reason is None:
-                log.warning("upstream_stream_ended_early", deltas=progress.deltas)
+                log.warning("upstream_stream_ended_early", deltas=progress.translator.pieces)
                 usage = await self._usage(progress, request, free_count)
                 yield GenerationFinished(
                     FinishReason.ERROR, usage, MESSAGE_BROKEN_STREAM, GENERATION_FAILED
                 )
                 return
             usage = await self._usage(progress, request, free_count)
-            yield GenerationFinished(map_finish_reason(progress.finish_reason), usage)
+            yield GenerationFinished(
+                progress.translator.finish_reason(progress.finish_reason), usage
+            )
         finally:
             self._calls.pop(request.transaction_id, None)
             if call.response is not None:
@@ -424,9 +712,9 @@ class OpenAIProxyEngine(Engine):
 
     async def _stream(
         self, request: GenerationRequest, call: _Call, progress: _Progress
-    ) -> AsyncGenerator[tuple[str, tuple[TokenLogprob, ...]], None]:
-        """Text pieces of the upstream stream with their tokens' logprobs; fills `progress`;
-        raises _Cancelled or UpstreamError."""
+    ) -> AsyncGenerator[StreamChunk, None]:
+        """The upstream stream's chunks that carry text, reasoning or tool calls; fills
+        `progress`; raises _Cancelled or UpstreamError."""
         body = chat_completion_body(request, self._model)
         try:
             response = await _unless_aborted(self._http().post(self._chat_url, json=body), call)
@@ -454,8 +742,8 @@ class OpenAIProxyEngine(Engine):
                         progress.usage = chunk.usage
                     if chunk.finish_reason is not None:
                         progress.finish_reason = chunk.finish_reason
-                    if chunk.text or chunk.logprobs:
-                        yield chunk.text, chunk.logprobs
+                    if chunk.has_content:
+                        yield chunk
                 if not line:
                     return  # end of the body without [DONE]
         except (_Cancelled, UpstreamError):
@@ -487,7 +775,11 @@ class OpenAIProxyEngine(Engine):
             except Exception:  # free_prompt_bound does not raise; the byte bound is always safe
                 free_text_tokens = free_prompt_byte_bound(request.free_system_prompt)
         return settle_usage(
-            progress.usage, free_text_tokens, bool(request.free_system_prompt), progress.deltas
+            progress.usage,
+            free_text_tokens,
+            bool(request.free_system_prompt),
+            progress.translator.pieces,
+            progress.translator.reasoning_pieces,
         )
 
     async def free_prompt_bound(self, text: str) -> int:
