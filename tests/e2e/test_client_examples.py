@@ -71,6 +71,26 @@ def test_openai_sdk_streaming(base_url: str, demo: DemoAccount) -> None:
     assert "".join(printed).strip()
 
 
+def test_openai_sdk_legacy_completions(base_url: str, demo: DemoAccount) -> None:
+    client = OpenAI(base_url=base_url, api_key=demo.api_key)
+    completion = client.completions.create(
+        model="liv", prompt="Write one sentence about Berlin.", max_tokens=16, temperature=0
+    )
+    assert completion.object == "text_completion"
+    assert completion.choices[0].text.strip()
+    assert completion.usage is not None and completion.usage.completion_tokens > 0
+    stream = client.completions.create(
+        model="liv",
+        prompt="Write one sentence about Berlin.",
+        max_tokens=16,
+        temperature=0,
+        stream=True,
+    )
+    pieces = [chunk.choices[0].text for chunk in stream if chunk.choices]
+    assert len(pieces) > 1, "the answer arrives in pieces"
+    assert "".join(pieces).strip()
+
+
 def test_openai_sdk_json_mode(base_url: str, demo: DemoAccount) -> None:
     client = OpenAI(base_url=base_url, api_key=demo.api_key)
     # The seed asks for "the 3 largest EU countries as JSON with name and population": the

@@ -583,16 +583,19 @@ def too_many() -> st.SearchStrategy[Probe]:
 
 
 def oversized() -> st.SearchStrategy[Probe]:
-    padded = dumps(base_body())[:-1] + b" " * (1 << 20) + b"}"
+    # Over the gateway's default REGIO_MAX_BODY_BYTES (20 MiB: room for base64 images).
+    over_limit = (20 << 20) + 1
+    padded = dumps(base_body())[:-1] + b" " * over_limit + b"}"
     return st.sampled_from(
         [
             Probe("oversized", padded),
-            Probe("oversized", dumps(base_body(user="x" * (3 << 20)))),
+            Probe("oversized", dumps(base_body(user="x" * over_limit))),
             Probe("oversized", b"{}", headers=((b"Content-Length", b"1000000000000"),)),
             Probe("oversized", b"{}", headers=((b"Content-Length", b"-1"),)),
             Probe(
                 "oversized",
-                b"".join(b"%x\r\n%s\r\n" % (4096, b" " * 4096) for _ in range(400)) + b"0\r\n\r\n",
+                b"".join(b"%x\r\n%s\r\n" % (1 << 16, b" " * (1 << 16)) for _ in range(321))
+                + b"0\r\n\r\n",
                 headers=((b"Transfer-Encoding", b"chunked"),),
             ),
         ]

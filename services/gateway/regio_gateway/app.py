@@ -19,6 +19,7 @@ from regio_gateway.concurrency_limits import concurrency_middleware
 from regio_gateway.config_store import ConfigStore
 from regio_gateway.dispatch import Dispatcher
 from regio_gateway.handlers.chat_completions import create_chat_completion
+from regio_gateway.handlers.completions import create_completion
 from regio_gateway.handlers.models import health, list_models
 from regio_gateway.metrics import GatewayMetrics
 from regio_gateway.regions import endpoint_region
@@ -109,6 +110,7 @@ def build_app(state: GatewayState) -> web.Application:
 
     app.on_cleanup.append(close_media_client)
     app.router.add_post("/v1/chat/completions", create_chat_completion)
+    app.router.add_post("/v1/completions", create_completion)
     app.router.add_get("/v1/models", list_models)
     app.router.add_get("/health", health)
     return app

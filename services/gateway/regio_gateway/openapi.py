@@ -22,9 +22,11 @@ from regio_gateway.protocol.chat_completion import (
     ChatCompletionRequest,
 )
 from regio_gateway.protocol.models import ModelList
+from regio_gateway.protocol.text_completion import TextCompletion, TextCompletionRequest
 
 ERROR_REF = {"$ref": REF_TEMPLATE.format(model="ErrorEnvelope")}
 CHAT_COMPLETIONS_PATH = "/v1/chat/completions"
+COMPLETIONS_PATH = "/v1/completions"
 MODELS_PATH = "/v1/models"
 HEALTH_PATH = "/health"
 
@@ -221,6 +223,45 @@ def _chat_completions(schemas: SchemaCollector) -> dict[str, Any]:
     }
 
 
+def _completions(schemas: SchemaCollector) -> dict[str, Any]:
+    return {
+        "operationId": "create_completion",
+        "summary": "Create a text completion (legacy)",
+        "description": (
+            "OpenAI's legacy completions, for clients that still call them (LlamaIndex's "
+            "`OpenAILike` by default): the prompt is sent to the route as one user message, "
+            "with the route's chat template, and the answer comes back as a `text_completion` "
+            "(streamed chunks have the same shape). One prompt per request; `echo`, `suffix`, "
+            "`logprobs`, `best_of` > 1 and `n` > 1 are refused. Everything else — models, "
+            "regions, limits, billing, errors — is as for chat completions."
+        ),
+        "tags": ["inference"],
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {"schema": schemas.ref(TextCompletionRequest, "validation")}
+            },
+        },
+        "responses": {
+            "200": {
+                "description": "The completion, or its stream of chunks.",
+                "headers": (
+                    TRANSACTION_HEADER
+                    | COUNTRY_HEADER
+                    | CONTEXT_COMPRESSED_HEADER
+                    | THINKING_RESCUED_HEADER
+                    | RATE_LIMIT_HEADERS
+                ),
+                "content": {
+                    "application/json": {"schema": schemas.ref(TextCompletion, "serialization")},
+                    "text/event-stream": {"schema": SSE_EVENT},
+                },
+            },
+            **_error_responses(CHAT_ERRORS),
+        },
+    }
+
+
 def _list_models(schemas: SchemaCollector) -> dict[str, Any]:
     return {
         "operationId": "list_models",
@@ -268,6 +309,7 @@ def build_document() -> dict[str, Any]:
     schemas.ref(ErrorEnvelope, "serialization")
     paths = {
         CHAT_COMPLETIONS_PATH: {"post": _chat_completions(schemas)},
+        COMPLETIONS_PATH: {"post": _completions(schemas)},
         MODELS_PATH: {"get": _list_models(schemas)},
         HEALTH_PATH: {"get": _health(schemas)},
     }

@@ -69,7 +69,12 @@ def test_it_is_openapi_3_1_and_schemathesis_reads_every_operation() -> None:
         for result in schemathesis.openapi.from_dict(doc).get_all_operations()
         if isinstance(result, Ok)
     ]
-    assert sorted(operations) == ["GET /health", "GET /v1/models", "POST /v1/chat/completions"]
+    assert sorted(operations) == [
+        "GET /health",
+        "GET /v1/models",
+        "POST /v1/chat/completions",
+        "POST /v1/completions",
+    ]
     text = json.dumps(doc)
     for name in {part.split('"')[0] for part in text.split("#/components/schemas/")[1:]}:
         assert name in doc["components"]["schemas"], name

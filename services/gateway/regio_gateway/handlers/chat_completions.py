@@ -9,7 +9,8 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Protocol
 
 import structlog
 from aiohttp import web
@@ -64,7 +65,35 @@ CONTEXT_COMPRESSED_HEADER = "x-regio-context-compressed"
 THINKING_RESCUED_HEADER = "x-regio-thinking-rescued"
 
 
+class AnswerFormat(Protocol):
+    """How a chat answer is written: as OpenAI's chat completion, or in another API's shape
+    (the legacy text completions)."""
+
+    def completion_json(self, completion: ChatCompletion) -> str: ...
+
+    def chunk_json(self, chunk: ChatCompletionChunk) -> str | None:
+        """One stream event's JSON; None when the chunk has nothing to say in this shape."""
+        ...
+
+
+class ChatAnswers:
+    def completion_json(self, completion: ChatCompletion) -> str:
+        return completion.to_json()
+
+    def chunk_json(self, chunk: ChatCompletionChunk) -> str | None:
+        return chunk.model_dump_json(exclude_none=True)
+
+
 async def create_chat_completion(request: web.Request) -> web.StreamResponse:
+    return await serve_chat(request, ChatCompletionRequest.parse, ChatAnswers())
+
+
+async def serve_chat(
+    request: web.Request,
+    parse: Callable[[object], ChatCompletionRequest],
+    answers: AnswerFormat,
+) -> web.StreamResponse:
+    """Authenticate, hold credit, dispatch to a worker and write its answer with `answers`."""
     arrived = time.perf_counter()
     state = request.app[STATE_KEY]
     key = authenticate(request, state.config)
@@ -79,7 +108,7 @@ async def create_chat_completion(request: web.Request) -> web.StreamResponse:
     payload = await read_json_body(
         request, state.settings.max_body_bytes, state.settings.body_read_timeout_seconds
     )
-    body = ChatCompletionRequest.parse(payload)
+    body = parse(payload)
     check_request_counts(body, state.settings)
     region = endpoint_region(request, state.catalogue, state.settings.default_region)
     route, reasoning, stream = await _dispatch_first_available(
@@ -91,9 +120,11 @@ async def create_chat_completion(request: web.Request) -> web.StreamResponse:
         timing = _FirstToken(state, route.name, region, arrived)
         if body.stream:
             return await _stream_answer(
-                request, state, body, route.name, reasoning.output, stream, timing
+                request, state, body, route.name, reasoning.output, stream, timing, answers
             )
-        return await _json_answer(state, body, route.name, reasoning.output, stream, timing)
+        return await _json_answer(
+            state, body, route.name, reasoning.output, stream, timing, answers
+        )
     except UpstreamTimeout:
         # The worker went silent (likely gone): its usage record may never come.
         await state.billing.release(transaction_id, "worker silent")
@@ -223,6 +254,7 @@ async def _json_answer(
     reasoning_output: ReasoningOutput,
     stream: WorkerStream,
     timing: _FirstToken,
+    answers: AnswerFormat,
 ) -> web.Response:
     text: list[str] = []
     reasoning: list[str] = []
@@ -259,7 +291,7 @@ async def _json_answer(
     )
     rescued = {THINKING_RESCUED_HEADER: final.thinking_rescued} if final.thinking_rescued else {}
     return web.Response(
-        text=completion.to_json(),
+        text=answers.completion_json(completion),
         content_type="application/json",
         headers={COUNTRY_HEADER: stream.country, **_compression_headers(dropped), **rescued},
     )
@@ -321,6 +353,45 @@ class _StreamWriter:
             raise _StalledReader from None
 
 
+class _ChunkWriter:
+    """Builds the stream's chunks (one id and creation time for all) and writes each in the
+    answer's format."""
+
+    def __init__(
+        self, raw: _StreamWriter, answers: AnswerFormat, completion_id: str, model: str
+    ) -> None:
+        self.raw = raw
+        self._answers = answers
+        self._id = completion_id
+        self._model = model
+        self._created = int(time.time())
+
+    async def send(
+        self,
+        delta: ChoiceDelta,
+        finish_reason: str | None = None,
+        usage: CompletionUsage | None = None,
+        logprobs: ChoiceLogprobs | None = None,
+        thinking_rescued: str | None = None,
+    ) -> None:
+        choices = (
+            []
+            if usage is not None
+            else [ChunkChoice(delta=delta, finish_reason=finish_reason, logprobs=logprobs)]
+        )
+        chunk = ChatCompletionChunk(
+            id=self._id,
+            created=self._created,
+            model=self._model,
+            choices=choices,
+            usage=usage,
+            thinking_rescued=thinking_rescued,
+        )
+        data = self._answers.chunk_json(chunk)
+        if data is not None:
+            await self.raw.write(_sse(data))
+
+
 async def _stream_answer(
     request: web.Request,
     state: GatewayState,
@@ -329,6 +400,7 @@ async def _stream_answer(
     reasoning_output: ReasoningOutput,
     stream: WorkerStream,
     timing: _FirstToken,
+    answers: AnswerFormat,
 ) -> web.StreamResponse:
     # The headers wait for the worker's first chunk (its first text, or the end): it says
     # whether the conversation was compressed, and a failure before any text (e.g. a prompt
@@ -359,10 +431,9 @@ async def _stream_answer(
             body,
             model,
             StreamShaper(reasoning_output),
-            stream,
             _chained(first, chunks),
             timing,
-            writer,
+            _ChunkWriter(writer, answers, _completion_id(stream), model),
         )
     except _StalledReader:
         # The worker slot must not wait for this client: stop the generation (its usage record
@@ -392,37 +463,11 @@ async def _stream_events(
     body: ChatCompletionRequest,
     model: str,
     shaper: StreamShaper,
-    stream: WorkerStream,
     chunks: AsyncIterator[inference_pb2.InferenceChunk],
     timing: _FirstToken,
-    writer: _StreamWriter,
+    writer: _ChunkWriter,
 ) -> None:
-    created = int(time.time())
-    completion_id = _completion_id(stream)
-
-    def chunk_json(
-        delta: ChoiceDelta,
-        finish_reason: str | None = None,
-        usage: CompletionUsage | None = None,
-        logprobs: ChoiceLogprobs | None = None,
-        thinking_rescued: str | None = None,
-    ) -> bytes:
-        choices = (
-            []
-            if usage is not None
-            else [ChunkChoice(delta=delta, finish_reason=finish_reason, logprobs=logprobs)]
-        )
-        chunk = ChatCompletionChunk(
-            id=completion_id,
-            created=created,
-            model=model,
-            choices=choices,
-            usage=usage,
-            thinking_rescued=thinking_rescued,
-        )
-        return _sse(chunk.model_dump_json(exclude_none=True))
-
-    await writer.write(chunk_json(ChoiceDelta(role="assistant", content="")))
+    await writer.send(ChoiceDelta(role="assistant", content=""))
     try:
         async for chunk in chunks:
             timing.see(chunk)
@@ -432,7 +477,7 @@ async def _stream_events(
                     logprobs = (
                         ChoiceLogprobs.from_proto(list(chunk.logprobs)) if body.logprobs else None
                     )
-                    await writer.write(chunk_json(delta or ChoiceDelta(), logprobs=logprobs))
+                    await writer.send(delta or ChoiceDelta(), logprobs=logprobs)
                 continue
             if chunk.finish_reason == inference_pb2.FINISH_REASON_ERROR:
                 raise _worker_failure(chunk)
@@ -441,23 +486,19 @@ async def _stream_events(
             )
             closing = shaper.close()
             if closing is not None:
-                await writer.write(chunk_json(closing))
-            await writer.write(
-                chunk_json(
-                    ChoiceDelta(),
-                    FINISH_REASONS.get(chunk.finish_reason, "stop"),
-                    thinking_rescued=chunk.thinking_rescued or None,
-                )
+                await writer.send(closing)
+            await writer.send(
+                ChoiceDelta(),
+                FINISH_REASONS.get(chunk.finish_reason, "stop"),
+                thinking_rescued=chunk.thinking_rescued or None,
             )
             if body.stream_options is not None and body.stream_options.include_usage:
-                await writer.write(
-                    chunk_json(ChoiceDelta(), usage=CompletionUsage.from_proto(chunk.usage))
-                )
+                await writer.send(ChoiceDelta(), usage=CompletionUsage.from_proto(chunk.usage))
     except RegioError as error:
         # Headers are gone: the error travels as a last event, as OpenAI's API does.
         state.metrics.refused(error)
         if isinstance(error, UpstreamTimeout):
             await state.billing.release(request[TRANSACTION_KEY], "worker silent")
-        await writer.write(_sse(json.dumps(error.envelope(), separators=(",", ":"))))
-    await writer.write(_sse("[DONE]"))
-    await writer.write_eof()
+        await writer.raw.write(_sse(json.dumps(error.envelope(), separators=(",", ":"))))
+    await writer.raw.write(_sse("[DONE]"))
+    await writer.raw.write_eof()
