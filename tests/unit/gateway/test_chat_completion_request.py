@@ -133,6 +133,16 @@ def test_json_mode_needs_the_route_but_a_text_format_asks_for_nothing(liv: Route
     with pytest.raises(InvalidRequest) as caught:
         request("json_object").check_supported(without_json)
     assert caught.value.param == "response_format"
+    # The capability, too: a route that lists the parameter but has no JSON mode.
+    no_capability = liv.model_copy(
+        update={"capabilities": liv.capabilities.model_copy(update={"json_mode": False})}
+    )
+    request("text").check_supported(no_capability)
+    with pytest.raises(InvalidRequest) as caught:
+        request("json_object").check_supported(no_capability)
+    assert caught.value.param == "response_format"
+    assert caught.value.code == "unsupported_parameter"
+    assert "json_mode" in caught.value.message
 
 
 def test_a_json_schema_travels_to_the_worker_as_json_text(liv: Route) -> None:

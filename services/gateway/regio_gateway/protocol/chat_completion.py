@@ -251,6 +251,17 @@ class ChatCompletionRequest(BaseModel):
                 param="tools",
                 code=UNSUPPORTED_PARAMETER,
             )
+        if (
+            self.response_format is not None
+            and self.response_format.type != "text"
+            and not route.capabilities.json_mode
+        ):
+            raise InvalidRequest(
+                f"The model '{route.name}' has no JSON mode: 'response_format' of type "
+                f"'{self.response_format.type}' needs the capability 'json_mode'.",
+                param="response_format",
+                code=UNSUPPORTED_PARAMETER,
+            )
         self.reasoning_request().check_capabilities(route)
         supported = set(route.supported_parameters)
         for name in OPTIONAL_PARAMETERS:

@@ -11,7 +11,9 @@ from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_val
 
 
 class TextContentPart(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # Fields a part does not define are ignored (e.g. `cache_control`, sent by clients written
+    # for other providers), as at the request's top level; the `type` tells the parts apart.
+    model_config = ConfigDict(extra="ignore")
 
     type: Literal["text"]
     text: str
@@ -27,7 +29,7 @@ class ImageUrl(BaseModel):
 
 
 class ImageUrlContentPart(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="ignore")
 
     type: Literal["image_url"]
     image_url: ImageUrl
@@ -49,7 +51,7 @@ class FileData(BaseModel):
 
 
 class FileContentPart(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="ignore")
 
     type: Literal["file"]
     file: FileData
@@ -63,7 +65,7 @@ class InputAudio(BaseModel):
 
 
 class InputAudioContentPart(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="ignore")
 
     type: Literal["input_audio"]
     input_audio: InputAudio
