@@ -54,9 +54,11 @@ from schemathesis.specs.openapi.checks import (
 from regio_devstack.stack import Stack
 from regio_gateway.openapi import build_document
 from regio_gateway.protocol.chat_completion import ChatCompletionRequest
+from regio_gateway.protocol.text_completion import TextCompletionRequest
 from tests.e2e.helpers import wait_until_key_known
 
 CHAT = "/v1/chat/completions"
+COMPLETIONS = "/v1/completions"  # the legacy endpoint: served and charged like a chat
 MODELS = "/v1/models"
 CHEAP_MAX_TOKENS = 4
 # Examples per generator: together over 5,000 requests, mostly refused within milliseconds.
@@ -119,10 +121,16 @@ def make_cheap(payload: Any) -> Any:
     if not isinstance(payload, dict):
         return payload
     try:
-        request = ChatCompletionRequest.model_validate(payload)
+        request: ChatCompletionRequest | TextCompletionRequest = (
+            TextCompletionRequest.model_validate(payload)
+            if "prompt" in payload
+            else ChatCompletionRequest.model_validate(payload)
+        )
     except (ValueError, RecursionError):  # refused before any generation
         return payload
-    requested = request.max_completion_tokens or request.max_tokens or CHEAP_MAX_TOKENS
+    requested = (
+        getattr(request, "max_completion_tokens", None) or request.max_tokens or CHEAP_MAX_TOKENS
+    )
     payload["max_tokens"] = min(requested, CHEAP_MAX_TOKENS)
     if "max_completion_tokens" in payload:
         payload["max_completion_tokens"] = payload["max_tokens"]
@@ -262,7 +270,8 @@ class FuzzLedger:
     seconds: dict[str, float] = field(default_factory=dict)
     problems: Counter[str] = field(default_factory=Counter)
     examples: dict[str, str] = field(default_factory=dict)
-    served: set[str] = field(default_factory=set)  # transaction ids of 2xx chat completions
+    # transaction ids of 2xx chat (and legacy text) completions
+    served: set[str] = field(default_factory=set)
     uncharged_by_design: set[str] = field(default_factory=set)  # JSON mode, stream errors
 
     def record(
@@ -832,7 +841,7 @@ def fuzz_operation(
             sent,
             answer,
             method=method,
-            chat=operation.path == CHAT,
+            chat=operation.path in (CHAT, COMPLETIONS),
             json_mode=asks_json_mode(case.body),
             seconds=time.perf_counter() - started,
         )
