@@ -5,7 +5,8 @@
 #   make lint   ruff + mypy
 #   make bench  the worker against llama-cpp-python and llama.cpp's llama-server on the same
 #               model (bench-model), the routing layer against LiteLLM in front of one upstream
-#               (bench-overhead), and billing's reserve latency and settlements/s (bench-billing)
+#               (bench-overhead), billing's reserve latency and settlements/s (bench-billing),
+#               and the per-token cost of grammar-constrained decoding (bench-grammar)
 #   make proto  generate protobuf/gRPC stubs into build/proto (not committed)
 
 PYTHON ?= python3
@@ -20,7 +21,7 @@ SOURCE_ROOTS := services/common services/gateway services/worker services/billin
 	services/dashboard-api services/devstack $(PROTO_OUT)
 
 .PHONY: all install proto tools run test test-unit test-integration test-e2e lint bench \
-	bench-model bench-overhead bench-billing clean
+	bench-model bench-overhead bench-billing bench-grammar clean
 
 all: install proto
 
@@ -74,7 +75,7 @@ test-integration: install proto
 test-e2e: install proto
 	$(PY) -m pytest -q tests/e2e
 
-bench: bench-model bench-overhead bench-billing
+bench: bench-model bench-overhead bench-billing bench-grammar
 
 # Throughput and latency through the whole stack against llama-cpp-python on the same model.
 bench-model: install proto
@@ -88,6 +89,10 @@ bench-overhead: install proto
 # Reserve latency over gRPC and settlements/s from JetStream, real PostgreSQL (fsync on).
 bench-billing: install proto
 	$(PY) -m regio_devstack.bench_billing
+
+# What grammar-constrained decoding (JSON mode, tool calls) costs per token in the llama engine.
+bench-grammar: install proto
+	$(PY) -m regio_devstack.bench_grammar
 
 lint: install proto
 	$(VENV)/bin/ruff check services tests
