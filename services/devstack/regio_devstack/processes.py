@@ -101,6 +101,13 @@ class ManagedProcess:
             f"{self.name}: no {what} within {timeout:.0f}s; log:\n{self.log_tail()}"
         )
 
+    def kill(self, timeout: float = 10.0) -> None:
+        """kill -9, as a crash ends a process: no handler runs, nothing is flushed or drained."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.kill()
+        self.process.wait(timeout=timeout)
+
     def stop(self, timeout: float = 15.0) -> None:
         if self.process is None or self.process.poll() is not None:
             return

@@ -192,6 +192,29 @@ class Stack:
             self.stop()
             raise
 
+    def service(self, name: str) -> ManagedProcess:
+        """The process of service `name` (e.g. `gateway`, `billing`), running or not."""
+        for process in self.services:
+            if process.name == name:
+                return process
+        raise KeyError(f"no service {name!r} in this stack")
+
+    def crash_and_restart(self, name: str) -> ManagedProcess:
+        """kill -9 service `name` (`billing`, `dashboard-api` or `gateway`), then start it again
+        with the same command, environment and ports, and wait until it serves again."""
+        ready = {
+            "billing": lambda: port_open("127.0.0.1", self.config.billing_port),
+            "dashboard-api": lambda: _http_ok(self.dashboard_url + "/health"),
+            "gateway": self._gateway_ready,
+        }
+        if name not in ready:
+            raise ValueError(f"{name!r} cannot be restarted this way (workers: start_worker)")
+        process = self.service(name)
+        process.kill()
+        process.start()
+        self._wait(process, ready[name])
+        return process
+
     def _gateway_ready(self) -> bool:
         """Serving, and (when its ops listener is on) with every key and activation loaded."""
         if not _http_ok(self.gateway_url + "/health"):

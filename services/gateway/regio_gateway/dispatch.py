@@ -19,6 +19,7 @@ from nats.aio.subscription import Subscription
 
 from regio.inference.v1 import inference_pb2
 from regio_common.errors import ServerError, ServiceUnavailable, UpstreamTimeout
+from regio_common.reader_check import answer_reader_check, confirm_final, is_reader_check
 from regio_common.subjects import cancel_subject, infer_subject, worker_infer_subject
 from regio_gateway.metrics import GatewayMetrics
 from regio_gateway.worker_registry import WorkerRegistry
@@ -57,6 +58,10 @@ class WorkerStream:
         self._first_timeout = first_chunk_timeout
         self._inter_timeout = inter_chunk_timeout
         self.finished = False
+        # Set by the handler of a streamed answer: each delta chunk reaches the client as it is
+        # read. A JSON answer reaches it only at the end: until then the client has nothing.
+        self.delivers_deltas = False
+        self._deltas_delivered = 0
 
     async def chunks(self) -> AsyncIterator[inference_pb2.InferenceChunk]:
         expected = 1
@@ -67,6 +72,10 @@ class WorkerStream:
             except nats.errors.TimeoutError:
                 await self.cancel()
                 raise UpstreamTimeout("The model worker stopped responding.") from None
+            if is_reader_check(msg):
+                # The worker bills what the client has received, should this gateway vanish.
+                await answer_reader_check(self._nc, msg, self._deltas_delivered)
+                continue
             chunk = inference_pb2.InferenceChunk.FromString(msg.data)
             if chunk.sequence != expected:
                 await self.cancel()
@@ -76,7 +85,11 @@ class WorkerStream:
             timeout = self._inter_timeout
             if chunk.kind == inference_pb2.CHUNK_KIND_FINAL:
                 self.finished = True
+                await confirm_final(self._nc, msg)  # the worker bills an answer confirmed
             yield chunk
+            # The consumer asks for the next chunk once it has written this one.
+            if chunk.kind == inference_pb2.CHUNK_KIND_DELTA and self.delivers_deltas:
+                self._deltas_delivered += 1
 
     async def cancel(self) -> None:
         """Tell the worker to stop generating (client gone, or the gateway gave up)."""

@@ -22,7 +22,7 @@ from regio_worker.engine.scripted import ScriptedEngine
 from regio_worker.metrics import WorkerMetrics
 from regio_worker.model_files import resolve_model_path
 from regio_worker.protocol import WorkerIdentity
-from regio_worker.server import WorkerServer
+from regio_worker.server import ReaderCheckTiming, WorkerServer
 from regio_worker.settings import WorkerSettings
 
 log = structlog.get_logger()
@@ -238,6 +238,9 @@ async def _load_and_serve(
             heartbeat_interval_ms=settings.heartbeat_interval_ms,
             metrics=metrics,
             stream_replicas=settings.nats_stream_replicas,
+            reader_check=ReaderCheckTiming(
+                settings.reader_check_interval_seconds, settings.reader_check_timeout_seconds
+            ),
         )
         await server.start()
         signals.serving()

@@ -18,6 +18,7 @@ from nats.aio.subscription import Subscription
 from regio.inference.v1 import inference_pb2
 from regio_common.ids import new_transaction_id
 from regio_common.nats_connection import connect_nats
+from regio_common.reader_check import answer_reader_check, confirm_final, is_reader_check
 from regio_common.subjects import cancel_subject, infer_subject
 
 END_KINDS = (inference_pb2.CHUNK_KIND_FINAL, inference_pb2.CHUNK_KIND_REJECTED)
@@ -35,6 +36,7 @@ class InferenceCall:
         self._nc = nc
         self._subscription = subscription
         self.transaction_id = transaction_id
+        self._deltas_read = 0
 
     @classmethod
     async def open(
@@ -48,9 +50,17 @@ class InferenceCall:
 
     async def next_chunk(self, wait_seconds: float = 10.0) -> inference_pb2.InferenceChunk:
         msg = await self._subscription.next_msg(timeout=wait_seconds)
+        while is_reader_check(msg):  # the worker asks whether we still read: we do
+            await answer_reader_check(self._nc, msg, self._deltas_read)
+            msg = await self._subscription.next_msg(timeout=wait_seconds)
         if msg.headers and msg.headers.get("Status") == NO_RESPONDERS_STATUS:
             raise NoRespondersError(f"no worker subscribed to {msg.subject!r}: {msg.headers}")
-        return inference_pb2.InferenceChunk.FromString(msg.data)
+        chunk = inference_pb2.InferenceChunk.FromString(msg.data)
+        if chunk.kind == inference_pb2.CHUNK_KIND_DELTA:
+            self._deltas_read += 1
+        if chunk.kind == inference_pb2.CHUNK_KIND_FINAL:
+            await confirm_final(self._nc, msg)
+        return chunk
 
     async def until_end(self, wait_seconds: float = 10.0) -> list[inference_pb2.InferenceChunk]:
         """Chunks up to and including FINAL or REJECTED (waiting at most `wait_seconds` each)."""

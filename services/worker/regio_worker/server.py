@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Coroutine
+from dataclasses import dataclass, replace
 
 import structlog
 from google.protobuf.message import DecodeError
@@ -48,11 +49,22 @@ from regio_worker.protocol import (
     rejected_chunk,
     usage_record,
 )
+from regio_worker.reader_check import ReaderCheck
 from regio_worker.usage_publisher import UsagePublisher
 
 log = structlog.get_logger()
 
 USAGE_FLUSH_TIMEOUT_SECONDS = 30.0
+# A usage record's unbilled_reason when the gateway died before its client received a token.
+READER_GONE = "reader_gone"
+
+
+@dataclass(frozen=True)
+class ReaderCheckTiming:
+    """How often a streaming worker checks that its gateway still reads (reader_check.py)."""
+
+    interval_seconds: float = 1.0
+    timeout_seconds: float = 5.0
 
 
 def _now_ms() -> int:
@@ -70,8 +82,10 @@ class WorkerServer:
         heartbeat_interval_ms: int,
         metrics: WorkerMetrics | None = None,
         stream_replicas: int = 1,
+        reader_check: ReaderCheckTiming | None = None,
     ) -> None:
         self._nc = nc
+        self._reader_check = reader_check or ReaderCheckTiming()
         self._stream_replicas = stream_replicas
         self._engine = engine
         self.identity = identity
@@ -195,13 +209,25 @@ class WorkerServer:
         with structlog.contextvars.bound_contextvars(transaction_id=job.transaction_id):
             try:
                 log.info("generation_started")
-                finished = await self._stream_generation(job)
-                await self._finish(job, finished)
+                finished, reader = await self._stream_generation(job)
             finally:
                 self._jobs.finish(job.transaction_id)
                 self._start_ready_jobs()
+            await self._finish(job, finished, reader)
 
-    async def _stream_generation(self, job: Job) -> GenerationFinished:
+    async def _stream_generation(self, job: Job) -> tuple[GenerationFinished, ReaderCheck]:
+        """Streams the generation, checking that the gateway still reads it: a gone gateway
+        stops the generation (see reader_check.py)."""
+        reader = ReaderCheck(
+            self._nc,
+            job.reply_subject,
+            interval_seconds=self._reader_check.interval_seconds,
+            timeout_seconds=self._reader_check.timeout_seconds,
+            on_gone=lambda: self._engine.abort(job.transaction_id),
+        )
+        return await self._generate(job, reader), reader
+
+    async def _generate(self, job: Job, reader: ReaderCheck) -> GenerationFinished:
         deltas_sent = 0
         json_mode = job.generation.output_format is not OutputFormat.TEXT
         text: list[str] = []
@@ -244,6 +270,7 @@ class WorkerServer:
                     if not await self._reply(job.reply_subject, chunk):
                         self._engine.abort(job.transaction_id)  # nobody can read it any more
                     deltas_sent += 1
+                    reader.sent()
             message = "the engine ended without a result"
         except Exception:
             log.exception("engine_failed")
@@ -256,11 +283,21 @@ class WorkerServer:
             error_code=GENERATION_FAILED,
         )
 
-    async def _finish(self, job: Job, finished: GenerationFinished) -> None:
-        """The FINAL chunk, then the usage record: every accepted request gets both."""
+    async def _finish(
+        self, job: Job, finished: GenerationFinished, reader: ReaderCheck | None = None
+    ) -> None:
+        """The FINAL chunk, then the usage record: every accepted request gets both. After a
+        generation, the gateway must confirm the FINAL chunk; if it does not (gone, or the
+        chunk lost with a NATS outage), only what its client is known to have received is
+        billed — nothing for an answer it never got."""
         await job.accepted.wait()
         chunk = final_chunk(job.transaction_id, job.next_sequence(), finished, job.dropped_messages)
-        await self._reply(job.reply_subject, chunk)
+        if reader is None:
+            await self._reply(job.reply_subject, chunk)
+        else:
+            await reader.settled()
+            if not await reader.confirm_final(chunk.SerializeToString()):
+                finished = _billed_as_delivered(finished, reader.delivered)
         self._usage.submit(usage_record(job.request, self.identity, finished, _now_ms()))
         usage = finished.usage
         self.metrics.generation_finished(
@@ -307,3 +344,14 @@ class WorkerServer:
                 self._engine.abort(transaction_id)
             else:
                 log.info("cancel_for_unknown_request")
+
+
+def _billed_as_delivered(finished: GenerationFinished, delivered_deltas: int) -> GenerationFinished:
+    """The usage of an answer whose reader vanished: the delta chunks its client received (each
+    holds at least one token), nothing when it received none."""
+    delivered = min(finished.usage.completion_tokens, delivered_deltas)
+    return replace(
+        finished,
+        usage=replace(finished.usage, completion_tokens=delivered),
+        unbilled_reason=finished.unbilled_reason or ("" if delivered else READER_GONE),
+    )

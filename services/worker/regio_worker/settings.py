@@ -106,6 +106,19 @@ class WorkerSettings(LoggingSettings, NatsSettings, CatalogueSettings):
     heartbeat_interval_ms: int = Field(
         1000, gt=0, description="Milliseconds between two heartbeats of this worker."
     )
+    reader_check_interval_seconds: float = Field(
+        1.0,
+        gt=0,
+        description="While streaming, how often the worker checks that the gateway reading the "
+        "stream is still there (also at the first token); a gone gateway stops the generation "
+        "and only what its client received is billed.",
+    )
+    reader_check_timeout_seconds: float = Field(
+        5.0,
+        gt=0,
+        description="How long one such check waits for the gateway's answer (a slow answer "
+        "proves nothing; only NATS's immediate 'no responders' means gone).",
+    )
     worker_engine: EngineName = Field(
         "llama_cpp",
         description="`llama_cpp` runs the route's model; `openai_proxy` fronts an "

@@ -21,6 +21,7 @@ from nats.aio.client import Client
 
 from regio_billing.usage_consumer import consumer_config
 from regio_common.config_records import config_bucket
+from regio_common.reader_check import READER_CHECK_HEADER, answer_reader_check
 from regio_common.subjects import (
     BILLING_USAGE_CONSUMER,
     USAGE_STREAM,
@@ -123,6 +124,13 @@ async def test_k8s16_services_do_their_job_with_their_own_user(connect: Connecti
         b"delta",
         b"final",
     ]
+    # the worker's reader check on that inbox; the gateway answers on the worker's inbox
+    check = asyncio.create_task(
+        worker.request(request.reply, b"", timeout=5, headers={READER_CHECK_HEADER: "1"})
+    )
+    asked = await replies.next_msg(timeout=5)
+    await answer_reader_check(gateway, asked, 1)
+    assert (await check).data == b"1"
     await gateway.publish(cancel_subject("w1"), b"cancel")
     assert (await cancels.next_msg(timeout=5)).data == b"cancel"
 

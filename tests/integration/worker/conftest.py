@@ -25,7 +25,7 @@ from regio_devstack.servers import NatsServer
 from regio_worker.engine.base import Engine
 from regio_worker.model_files import resolve_model_path
 from regio_worker.protocol import WorkerIdentity
-from regio_worker.server import WorkerServer
+from regio_worker.server import ReaderCheckTiming, WorkerServer
 from regio_worker.usage_publisher import MSG_ID_HEADER
 
 from .support import SHARED_MODELS_DIR, ReadUsageRecords, StartWorker
@@ -57,6 +57,7 @@ async def start_worker(nats_server: NatsServer) -> AsyncIterator[StartWorker]:
         country: str = "de",
         queue_limit: int = 16,
         heartbeat_interval_ms: int = 200,
+        reader_check: ReaderCheckTiming | None = None,
     ) -> WorkerServer:
         connection = await nats.connect(nats_server.url)
         identity = WorkerIdentity(new_worker_id(country, route), country, route)
@@ -66,6 +67,7 @@ async def start_worker(nats_server: NatsServer) -> AsyncIterator[StartWorker]:
             identity,
             queue_limit=queue_limit,
             heartbeat_interval_ms=heartbeat_interval_ms,
+            reader_check=reader_check,
         )
         await server.start()
         started.append((server, connection))

@@ -11,9 +11,11 @@ import pytest
 from nats.aio.client import Client
 
 from regio.inference.v1 import inference_pb2
+from regio_common.reader_check import is_reader_check
 from regio_common.subjects import heartbeat_subject, infer_subject
 from regio_worker.engine.scripted import ScriptedEngine
 from regio_worker.probe import InferenceCall, chat_request
+from regio_worker.server import ReaderCheckTiming
 
 from .support import ReadUsageRecords, StartWorker
 
@@ -94,6 +96,83 @@ async def test_cancel_mid_stream_stops_the_generation_and_still_sends_final(
     assert record.finish_reason == inference_pb2.FINISH_REASON_CANCELLED
     assert record.completion_tokens == deltas_received
     assert record.billable  # tokens were produced before the cancel
+
+
+QUICK_READER_CHECK = ReaderCheckTiming(interval_seconds=0.05, timeout_seconds=0.5)
+
+
+async def test_a_vanished_gateway_stops_the_generation_and_bills_what_its_client_got(
+    nc: Client, start_worker: StartWorker, route_name: str, read_usage_records: ReadUsageRecords
+) -> None:
+    engine = ScriptedEngine(["x"] * 400, delay_seconds=0.02)
+    server = await start_worker(engine, route=route_name, reader_check=QUICK_READER_CHECK)
+    # A reader that answers the worker's checks for a while, then vanishes without a cancel
+    # (as a killed gateway's inbox does).
+    request = chat_request("go", route=route_name, max_tokens=400)
+    call = await InferenceCall.open(nc, "de", route_name, request)
+    assert (await call.next_chunk()).kind == ACCEPTED
+    for _ in range(10):
+        assert (await call.next_chunk()).kind == DELTA
+    await call.close()
+
+    record = (await read_usage_records(route_name, [request.transaction_id]))[
+        request.transaction_id
+    ]
+    # Stopped within a few checks, not after 400 pieces (8 s); billed: at most what was read.
+    assert record.finish_reason == inference_pb2.FINISH_REASON_CANCELLED
+    assert 1 <= record.completion_tokens <= 10
+    assert record.billable
+    assert server.load().slots_busy == 0
+
+
+async def test_a_gateway_gone_before_the_first_token_is_not_billed(
+    nc: Client, start_worker: StartWorker, route_name: str, read_usage_records: ReadUsageRecords
+) -> None:
+    await start_worker(
+        ScriptedEngine(["x"] * 400, delay_seconds=0.02),
+        route=route_name,
+        reader_check=QUICK_READER_CHECK,
+    )
+    request = chat_request("go", route=route_name, max_tokens=400)
+    call = await InferenceCall.open(nc, "de", route_name, request)
+    assert (await call.next_chunk()).kind == ACCEPTED
+    await call.close()  # gone before reading any text
+
+    record = (await read_usage_records(route_name, [request.transaction_id]))[
+        request.transaction_id
+    ]
+    assert record.finish_reason == inference_pb2.FINISH_REASON_CANCELLED
+    assert record.completion_tokens == 0
+    assert not record.billable
+    assert record.unbilled_reason == "reader_gone"
+
+
+async def test_an_answer_whose_final_chunk_is_never_confirmed_is_not_billed(
+    nc: Client, start_worker: StartWorker, route_name: str, read_usage_records: ReadUsageRecords
+) -> None:
+    # A reader that receives every chunk but answers nothing: as if the chunks were lost on the
+    # way (a NATS outage), so that the gateway never had the answer.
+    await start_worker(
+        ScriptedEngine(["a", "b"]), route=route_name, reader_check=QUICK_READER_CHECK
+    )
+    request = chat_request("go", route=route_name)
+    inbox = nc.new_inbox()
+    silent = await nc.subscribe(inbox)
+    await nc.publish(infer_subject("de", route_name), request.SerializeToString(), reply=inbox)
+    kinds: list[int] = []
+    while not kinds or kinds[-1] != FINAL:
+        msg = await silent.next_msg(timeout=5)
+        if not is_reader_check(msg):
+            kinds.append(inference_pb2.InferenceChunk.FromString(msg.data).kind)
+    assert kinds == [ACCEPTED, DELTA, DELTA, FINAL]
+
+    record = (await read_usage_records(route_name, [request.transaction_id]))[
+        request.transaction_id
+    ]
+    assert record.completion_tokens == 0
+    assert not record.billable
+    assert record.unbilled_reason == "reader_gone"
+    await silent.unsubscribe()
 
 
 async def test_cancel_of_a_queued_request_drops_it_with_zero_usage(

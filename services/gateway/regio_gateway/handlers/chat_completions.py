@@ -118,6 +118,7 @@ async def serve_chat(
     log.info("dispatched", route=route.name, region=region, country=stream.country)
     try:
         timing = _FirstToken(state, route.name, region, arrived)
+        stream.delivers_deltas = body.stream
         if body.stream:
             return await _stream_answer(
                 request, state, body, route.name, reasoning.output, stream, timing, answers
