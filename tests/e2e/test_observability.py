@@ -71,7 +71,12 @@ def log_lines(path: Path, transaction_id: str) -> list[dict[str, Any]]:
             entry = json.loads(line)
         except json.JSONDecodeError:
             continue  # a library's plain-text line
-        if isinstance(entry, dict) and entry.get("transaction_id") == transaction_id:
+        if not isinstance(entry, dict):
+            continue
+        # Bound to the transaction, or a batch line naming it (billing settles in batches).
+        if entry.get("transaction_id") == transaction_id or transaction_id in entry.get(
+            "transaction_ids", ()
+        ):
             lines.append(entry)
     return lines
 

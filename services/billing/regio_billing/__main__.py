@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import signal
 
 import structlog
@@ -30,6 +31,10 @@ async def serve(settings: BillingSettings) -> None:
         except Exception:
             log.exception("billing_start_failed")
             raise SystemExit(1) from None
+        # What start-up created (modules, stubs, the catalogue, pools) lives until exit: frozen,
+        # the collector's full passes skip it, which otherwise pause every call in flight
+        # (a tail of Reserve's latency).
+        gc.freeze()
         log.info("billing_ready", address=app.address, metrics_port=settings.billing_metrics_port)
         await stop_requested.wait()
         log.info("billing_stopping")

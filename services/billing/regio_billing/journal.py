@@ -44,10 +44,12 @@ async def post_entry(
     if row is None:
         return None
     journal_id: int = row[0]
-    async with conn.cursor() as posting_cursor:
-        await posting_cursor.executemany(
-            "INSERT INTO billing.postings (journal_id, ledger_account, amount_nano)"
-            " VALUES (%s, %s, %s)",
-            [(journal_id, account, amount) for account, amount in postings if amount != 0],
-        )
+    # One statement for all postings: the balance trigger checks each INSERT statement.
+    accounts = [account for account, amount in postings if amount != 0]
+    amounts = [amount for _, amount in postings if amount != 0]
+    await conn.execute(
+        "INSERT INTO billing.postings (journal_id, ledger_account, amount_nano)"
+        " SELECT %s, * FROM unnest(%b::text[], %b::bigint[])",
+        (journal_id, accounts, amounts),
+    )
     return journal_id

@@ -28,7 +28,12 @@ from regio_billing.journal import (
 )
 from regio_billing.limited_reserve import HoldRequest, PricedHold, reserve_with_limits
 from regio_billing.metrics import BillingMetrics
-from regio_billing.price_versions import current_prices, publish_prices
+from regio_billing.price_versions import (
+    LATEST_VERSION_ID,
+    PriceVersion,
+    current_price_version,
+    publish_prices,
+)
 from regio_billing.pricing import Prices
 from regio_billing.promotions import Promotion
 from regio_billing.refunds import refund_payment
@@ -60,6 +65,10 @@ INSUFFICIENT = ReserveOutcome.INSUFFICIENT_FUNDS
 SWEEP_BATCH = 500
 
 
+class _PriceChanged(Exception):
+    """The route's price changed since the version a hold was priced at."""
+
+
 @dataclass(frozen=True)
 class _Hold:
     transaction_id: str
@@ -76,6 +85,8 @@ class Ledger:
         self._pool = pool
         self._catalogue = catalogue
         self._metrics = metrics or BillingMetrics()
+        # Each route's price as of its last reserve; every hold re-checks it (_try_hold).
+        self._price_versions: dict[str, PriceVersion] = {}
         for problem in UsageProblem:
             self._metrics.usage_rejected.labels(problem.value)  # zero until the first one
 
@@ -142,11 +153,10 @@ class Ledger:
                     conn, request, catalogued, key_limits, account_limits
                 )
             else:
-                # Two round trips for a new hold: its price, then hold-and-commit. A repeated
-                # transaction id is noticed by the hold's primary key (or, when the credit is
-                # used up, looked up before refusing) and answered with the first hold.
-                hold = PricedHold(request, await current_prices(conn, route, catalogued))
-                result = await self._try_hold(conn, hold)
+                # One round trip for a new hold while the route's price is unchanged. A
+                # repeated transaction id is noticed by the hold's primary key (or, when the
+                # credit is used up, looked up before refusing) and answered with the first hold.
+                hold, result = await self._hold_at_current_price(conn, request, catalogued)
             # (The limited path looked for an earlier hold under the account lock already.)
             refused = not limited and result is not None and result.outcome is INSUFFICIENT
             if result is None or refused:
@@ -175,10 +185,30 @@ class Ledger:
             )
             return result
 
-    async def _try_hold(self, conn: Connection, hold: PricedHold) -> ReserveResult | None:
+    async def _hold_at_current_price(
+        self, conn: Connection, request: HoldRequest, catalogued: Prices
+    ) -> tuple[PricedHold, ReserveResult | None]:
+        """Hold at the route's current price, known from the last reserve of the route: the
+        hold statement itself checks that it is still the latest version. Only a price change
+        (or the first reserve of a route) costs a round trip more, to read the new version."""
+        version = self._price_versions.get(request.route)
+        while True:
+            if version is None:
+                version = await current_price_version(conn, request.route, catalogued)
+                self._price_versions[request.route] = version
+            hold = PricedHold(request, version.prices)
+            try:
+                return hold, await self._try_hold(conn, hold, version.version_id)
+            except _PriceChanged:
+                version = None
+
+    async def _try_hold(
+        self, conn: Connection, hold: PricedHold, price_version_id: int | None
+    ) -> ReserveResult | None:
         """One statement, atomic on its own (the pool's connections autocommit): raise
-        held_nano only if the credit covers it, and record the hold. One round trip and one
-        commit, as a reserve sits on the path of every request.
+        held_nano only if the credit covers it and the hold's price version is still the
+        route's latest, and record the hold. One round trip and one commit, as a reserve sits
+        on the path of every request. Raises _PriceChanged when the version is not the latest.
 
         None when a concurrent Reserve of the same transaction won: the hold's primary key then
         fails the whole statement, so our increase of held_nano never happened."""
@@ -189,6 +219,7 @@ class Ledger:
                 "WITH held AS ("
                 " UPDATE billing.accounts SET held_nano = held_nano + %(amount)s"
                 " WHERE account_id = %(account_id)s AND balance_nano - held_nano >= %(amount)s"
+                f" AND {LATEST_VERSION_ID} IS NOT DISTINCT FROM %(price_version_id)s::bigint"
                 " RETURNING balance_nano - held_nano AS available_after),"
                 " hold AS ("
                 " INSERT INTO billing.holds (transaction_id, account_id, route, region,"
@@ -198,7 +229,7 @@ class Ledger:
                 " %(input_price)s, %(output_price)s, now() + make_interval(secs => %(ttl)s),"
                 " %(key_id)s, %(max_prompt)s, %(max_completion)s"
                 " FROM held)"
-                " SELECT available_after FROM held",
+                f" SELECT (SELECT available_after FROM held), {LATEST_VERSION_ID}",
                 {
                     "amount": hold.amount_nano,
                     "account_id": hold.request.account_id,
@@ -211,16 +242,20 @@ class Ledger:
                     "key_id": hold.request.key_id,
                     "max_prompt": hold.request.max_prompt_tokens,
                     "max_completion": hold.request.max_completion_tokens,
+                    "price_version_id": price_version_id,
                 },
             )
         except psycopg.errors.UniqueViolation:
             return None
         row = await cursor.fetchone()
-        if row is None:
-            available = (await _balance(conn, hold.request.account_id)).available_nano
-            return ReserveResult(ReserveOutcome.INSUFFICIENT_FUNDS, 0, available)
-        available_after: int = row[0]
-        return ReserveResult(ReserveOutcome.HELD, hold.amount_nano, available_after)
+        assert row is not None  # (one row, always)
+        available_after: int | None = row[0]
+        if available_after is not None:
+            return ReserveResult(ReserveOutcome.HELD, hold.amount_nano, available_after)
+        if row[1] != price_version_id:
+            raise _PriceChanged
+        available = (await _balance(conn, hold.request.account_id)).available_nano
+        return ReserveResult(ReserveOutcome.INSUFFICIENT_FUNDS, 0, available)
 
     async def _existing_hold_result(
         self, conn: Connection, transaction_id: str, account_id: str
@@ -268,6 +303,15 @@ class Ledger:
             raise HoldNotFound(f"no hold for transaction {transaction_id}")
         if result.outcome is SettleOutcome.DUPLICATE:
             log.info("settle_repeated", charged_nano=result.charged_nano)
+        else:  # (the usage stream's batches log one line per pull instead)
+            log.info(
+                "settled",
+                transaction_id=transaction_id,
+                charged_nano=result.charged_nano,
+                prompt_tokens=result.usage.prompt_tokens,
+                completion_tokens=result.usage.completion_tokens,
+                billable=billable,
+            )
         return SettleResult(
             charged_nano=result.charged_nano,
             already_settled=result.outcome is SettleOutcome.DUPLICATE,
@@ -418,7 +462,7 @@ class Ledger:
                 held_back[account_id] = held_back.get(account_id, 0) + amount
             await conn.execute(
                 "SELECT 1 FROM billing.accounts WHERE account_id = ANY(%s)"
-                " ORDER BY account_id FOR UPDATE",
+                " ORDER BY account_id FOR NO KEY UPDATE",  # as settlement.py, same reason
                 (sorted(held_back),),
             )
             await conn.execute(

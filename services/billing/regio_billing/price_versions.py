@@ -9,6 +9,7 @@ admin's later change survives restarts until the operator edits the file."""
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from enum import StrEnum
 
 import structlog
@@ -38,6 +39,37 @@ async def current_prices(conn: Connection, route: str, catalogued: Prices) -> Pr
         log.warning("route_price_unpublished", route=route)
         return catalogued
     return prices
+
+
+@dataclass(frozen=True)
+class PriceVersion:
+    """A route's current prices and the id of their version (None: the route has no published
+    version, so it is priced as catalogued)."""
+
+    version_id: int | None
+    prices: Prices
+
+
+# The id of the latest price version of the route named by the parameter `route`: a scalar
+# subquery, for a statement that acts only while the PriceVersion it was given is current.
+LATEST_VERSION_ID = (
+    "(SELECT id FROM billing.route_prices WHERE route = %(route)s"
+    " ORDER BY valid_from DESC, id DESC LIMIT 1)"
+)
+
+
+async def current_price_version(conn: Connection, route: str, catalogued: Prices) -> PriceVersion:
+    """`current_prices` with the id of the version."""
+    cursor = await conn.execute(
+        "SELECT id, input_price_nano, output_price_nano FROM billing.route_prices"
+        " WHERE route = %s ORDER BY valid_from DESC, id DESC LIMIT 1",
+        (route,),
+    )
+    row = await cursor.fetchone()
+    if row is None:
+        log.warning("route_price_unpublished", route=route)
+        return PriceVersion(None, catalogued)
+    return PriceVersion(row[0], Prices(input_price_nano=row[1], output_price_nano=row[2]))
 
 
 async def latest_prices(

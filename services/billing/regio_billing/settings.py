@@ -27,7 +27,11 @@ class BillingSettings(LoggingSettings, NatsSettings, DatabaseSettings, Catalogue
         5.0, gt=0, description="How often expired credit holds are released."
     )
     usage_fetch_batch: int = Field(
-        64, gt=0, description="Most usage records fetched from JetStream in one pull."
+        128,
+        gt=0,
+        description="Most usage records fetched from JetStream in one pull, settled in one "
+        "transaction. Larger pulls cost less per record but hold their accounts' rows locked "
+        "longer, which a Reserve on those accounts waits for.",
     )
     billing_client_tokens: dict[str, SecretStr] = Field(
         default_factory=dict,

@@ -5,8 +5,10 @@ Per-record guarantees are those of a single settlement: each hold is locked, a t
 with a settlement answers that settlement (no second charge), every charge is its own journal
 entry and lot consumption, and the settlements table's primary key is the last guard (I5).
 What is shared: each statement covers the whole batch, each account's cached balance and held
-amount is updated once, and the statements are sent pipelined where no answer is needed in
-between (the caller opens the pipeline): about three round trips and one commit per batch.
+amount is updated once, and the statements are sent pipelined (the caller opens the pipeline):
+three round trips per batch: lock and read its holds; write what needs only the hold locks;
+then lock the accounts and send all their writes with the commit, so that nothing waits for
+billing while account rows are locked.
 
 Lock order (as everywhere in the ledger): all hold rows in transaction_id order, then the
 account rows in account_id order, then the lots of those accounts in (account, consumption)
@@ -22,6 +24,7 @@ them, settled and flagged (`usage_over_hold`)."""
 from __future__ import annotations
 
 import enum
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
@@ -205,7 +208,7 @@ async def _lock_holds(conn: Connection, transaction_ids: list[str]) -> dict[str,
     holds = await conn.execute(
         "SELECT transaction_id, account_id, amount_nano, input_price_nano, output_price_nano,"
         " status, route, key_id, tracks_limits, max_prompt_tokens, max_completion_tokens"
-        " FROM billing.holds WHERE transaction_id = ANY(%s)"
+        " FROM billing.holds WHERE transaction_id = ANY(%b::text[])"
         " ORDER BY transaction_id FOR UPDATE",
         (transaction_ids,),
     )
@@ -215,7 +218,7 @@ async def _lock_holds(conn: Connection, transaction_ids: list[str]) -> dict[str,
     # re-read for the waited-for row).
     settled = await conn.execute(
         "SELECT transaction_id, charged_nano FROM billing.settlements"
-        " WHERE transaction_id = ANY(%s)",
+        " WHERE transaction_id = ANY(%b::text[])",
         (transaction_ids,),
     )
     rows = await holds.fetchall()
@@ -243,24 +246,24 @@ async def _write(conn: Connection, settlements: list[_NewSettlement]) -> None:
     # account and lot rows that concurrent reserves and settlements of those accounts share.
     closing = [s for s in settlements if s.hold.status == "open"]
     charged = [s for s in closing if s.charged_nano > 0]
-    await _post_charges(conn, charged)
-    await _record_settlements(conn, settlements)
+    entries = await _record_settlements(conn, settlements, charged)
     if closing:
         await _lock_accounts(conn, sorted({s.hold.account_id for s in closing}))
         await _update_accounts(conn, closing)
-        await _consume_lots(conn, charged)
+        await _consume_lots(conn, charged, entries)
         await _count_in_usage_windows(conn, [s for s in closing if s.hold.tracks_limits])
-    for s in settlements:
-        log.info(
-            "settled",
-            transaction_id=s.hold.transaction_id,
-            account_id=s.hold.account_id,
-            charged_nano=s.charged_nano,
-            hold_nano=s.hold.amount_nano,
-            prompt_tokens=s.usage.prompt_tokens,
-            completion_tokens=s.usage.completion_tokens,
-            billable=s.usage.billable,
-        )
+    if log.is_enabled_for(logging.DEBUG):  # one line per record only when asked for
+        for s in settlements:
+            log.debug(
+                "settled",
+                transaction_id=s.hold.transaction_id,
+                account_id=s.hold.account_id,
+                charged_nano=s.charged_nano,
+                hold_nano=s.hold.amount_nano,
+                prompt_tokens=s.usage.prompt_tokens,
+                completion_tokens=s.usage.completion_tokens,
+                billable=s.usage.billable,
+            )
 
 
 async def _count_in_usage_windows(conn: Connection, tracked: list[_NewSettlement]) -> None:
@@ -282,63 +285,76 @@ async def _count_in_usage_windows(conn: Connection, tracked: list[_NewSettlement
     )
 
 
-async def _post_charges(conn: Connection, charged: list[_NewSettlement]) -> None:
-    """One balanced journal entry per charge (customer -> revenue), its reference key the
-    transaction id; no entry at all for a zero charge. No ON CONFLICT: an existing charge
-    entry (unreachable behind the hold locks) fails the batch rather than charging twice."""
-    if not charged:
-        return
-    entries: list[str] = []
-    accounts: list[str] = []
-    amounts: list[int] = []
-    for s in charged:
-        entries += [s.hold.transaction_id, s.hold.transaction_id]
-        accounts += [customer_ledger_account(s.hold.account_id), REVENUE_ACCOUNT]
-        amounts += [-s.charged_nano, s.charged_nano]
-    await conn.execute(
-        "WITH entry AS ("
-        " INSERT INTO billing.journal (kind, reference_key, memo)"
-        " SELECT 'charge', reference_key, '' FROM unnest(%s::text[]) AS reference_key"
-        " RETURNING reference_key, id)"
-        " INSERT INTO billing.postings (journal_id, ledger_account, amount_nano)"
-        " SELECT entry.id, p.ledger_account, p.amount_nano FROM entry"
-        " JOIN unnest(%s::text[], %s::text[], %s::bigint[])"
-        " AS p(reference_key, ledger_account, amount_nano) USING (reference_key)",
-        ([s.hold.transaction_id for s in charged], entries, accounts, amounts),
-    )
+# One statement writes what a batch adds under its hold locks: a balanced journal entry per
+# charge (customer -> revenue, reference key the transaction id; none for a zero charge), its
+# two postings, the closing of the open holds and a settlement row per transaction pointing at
+# its entry; it answers the entries' ids, which the lot movements need. Only the primary key
+# finds the rows to read or change (`closing` holds are open: their locks keep them so), so no
+# plan depends on table statistics, which lag behind bulk changes (a status filter once made
+# the planner scan every open hold). No ON CONFLICT: an existing charge entry or settlement
+# (unreachable behind the hold locks) fails the whole batch rather than charging twice; the
+# settlements' primary key is the last guard of I5. Arrays go in binary (%b): psycopg's text
+# arrays quote every element in Python.
+RECORD_SETTLEMENTS = (
+    "WITH entry AS ("
+    " INSERT INTO billing.journal (kind, reference_key, memo)"
+    " SELECT 'charge', reference_key, '' FROM unnest(%(charged)b::text[]) AS reference_key"
+    " RETURNING reference_key, id),"
+    " posted AS ("
+    " INSERT INTO billing.postings (journal_id, ledger_account, amount_nano)"
+    " SELECT entry.id, p.ledger_account, p.amount_nano FROM entry"
+    " JOIN unnest(%(charged)b::text[], %(customers)b::text[], %(charges)b::bigint[])"
+    " AS c(reference_key, customer, amount) USING (reference_key)"
+    " CROSS JOIN LATERAL (VALUES (c.customer, -c.amount), (%(revenue)s, c.amount))"
+    " AS p(ledger_account, amount_nano)),"
+    " closed AS ("
+    " UPDATE billing.holds SET status = 'settled', closed_at = now(), release_reason = NULL"
+    " WHERE transaction_id = ANY(%(closing)b::text[])),"
+    " settled AS ("
+    " INSERT INTO billing.settlements (transaction_id, account_id, prompt_tokens,"
+    " completion_tokens, charged_nano, billable, usage_over_hold, journal_id)"
+    " SELECT v.*, entry.id FROM unnest(%(transactions)b::text[], %(accounts)b::text[],"
+    " %(prompt)b::bigint[], %(completion)b::bigint[], %(settled_charges)b::bigint[],"
+    " %(billable)b::boolean[], %(over_hold)b::boolean[]) AS v(transaction_id, account_id,"
+    " prompt_tokens, completion_tokens, charged, billable, over_hold)"
+    " LEFT JOIN entry ON entry.reference_key = v.transaction_id)"
+    " SELECT reference_key, id FROM entry"
+)
 
 
-async def _record_settlements(conn: Connection, settlements: list[_NewSettlement]) -> None:
-    """Close the open holds and write one settlement row per transaction, pointing at its
-    charge entry (its primary key is the guard of I5: a second settlement of a transaction
-    fails the whole batch)."""
-    await conn.execute(
-        "WITH closed AS ("
-        " UPDATE billing.holds SET status = 'settled', closed_at = now(), release_reason = NULL"
-        " WHERE transaction_id = ANY(%s) AND status = 'open')"
-        " INSERT INTO billing.settlements (transaction_id, account_id, prompt_tokens,"
-        " completion_tokens, charged_nano, billable, usage_over_hold, journal_id)"
-        " SELECT v.*, (SELECT j.id FROM billing.journal j"
-        "  WHERE j.kind = 'charge' AND j.reference_key = v.transaction_id AND v.charged > 0)"
-        " FROM unnest(%s::text[], %s::text[], %s::bigint[], %s::bigint[], %s::bigint[],"
-        " %s::boolean[], %s::boolean[]) AS v(transaction_id, account_id, prompt_tokens,"
-        " completion_tokens, charged, billable, over_hold)",
-        (
-            [s.hold.transaction_id for s in settlements if s.hold.status == "open"],
-            [s.hold.transaction_id for s in settlements],
-            [s.hold.account_id for s in settlements],
-            [s.usage.prompt_tokens for s in settlements],
-            [s.usage.completion_tokens for s in settlements],
-            [s.charged_nano for s in settlements],
-            [s.usage.billable for s in settlements],
-            [s.over_hold for s in settlements],
-        ),
+async def _record_settlements(
+    conn: Connection, settlements: list[_NewSettlement], charged: list[_NewSettlement]
+) -> dict[str, int]:
+    """Write the batch's entries, postings, closed holds and settlement rows (see
+    RECORD_SETTLEMENTS); answers the charge entry id of each charged transaction."""
+    cursor = await conn.execute(
+        RECORD_SETTLEMENTS,
+        {
+            "charged": [s.hold.transaction_id for s in charged],
+            "customers": [customer_ledger_account(s.hold.account_id) for s in charged],
+            "charges": [s.charged_nano for s in charged],
+            "revenue": REVENUE_ACCOUNT,
+            "closing": [s.hold.transaction_id for s in settlements if s.hold.status == "open"],
+            "transactions": [s.hold.transaction_id for s in settlements],
+            "accounts": [s.hold.account_id for s in settlements],
+            "prompt": [s.usage.prompt_tokens for s in settlements],
+            "completion": [s.usage.completion_tokens for s in settlements],
+            "settled_charges": [s.charged_nano for s in settlements],
+            "billable": [s.usage.billable for s in settlements],
+            "over_hold": [s.over_hold for s in settlements],
+        },
     )
+    # Its own round trip, before the account locks: they are not held while it travels.
+    return dict(await cursor.fetchall())
 
 
 async def _lock_accounts(conn: Connection, account_ids: list[str]) -> None:
+    # NO KEY UPDATE, the lock an UPDATE of non-key columns takes: it does not wait for the KEY
+    # SHARE locks that foreign key checks of other transactions hold on these rows (a hold
+    # being inserted), so those can never join a lock cycle with two batches.
     await conn.execute(
-        "SELECT 1 FROM billing.accounts WHERE account_id = ANY(%s) ORDER BY account_id FOR UPDATE",
+        "SELECT 1 FROM billing.accounts WHERE account_id = ANY(%b::text[])"
+        " ORDER BY account_id FOR NO KEY UPDATE",
         (account_ids,),
     )
 
@@ -354,55 +370,67 @@ async def _update_accounts(conn: Connection, closing: list[_NewSettlement]) -> N
     await conn.execute(
         "UPDATE billing.accounts AS a SET balance_nano = a.balance_nano - v.charged,"
         " held_nano = a.held_nano - v.released"
-        " FROM unnest(%s::text[], %s::bigint[], %s::bigint[]) AS v(account_id, charged, released)"
+        " FROM unnest(%b::text[], %b::bigint[], %b::bigint[]) AS v(account_id, charged, released)"
         " WHERE a.account_id = v.account_id",
         (list(charged), list(charged.values()), [released[a] for a in charged]),
     )
 
 
-async def _consume_lots(conn: Connection, charged: list[_NewSettlement]) -> None:
-    """Take each charge from its account's lots in consumption order (see lots.py), recording
-    one movement per (charge entry, lot), and update each touched lot once."""
+# Each charge is taken from its account's lots in consumption order (see lots.py), in SQL, so
+# that the batch's statements under the account locks need no answer from billing in between:
+# they travel with the commit in one round trip, and the locks are held no longer than
+# PostgreSQL takes to run them. Per account, the charges (in batch order) and the lots (in
+# consumption order) are laid end to end; a movement is the overlap of a charge's interval
+# with a lot's. Every touched lot is updated once. A charge the lots cannot cover (impossible
+# while I8 holds: lots sum to the balance, which covers the holds) fails the whole batch.
+CONSUME_LOTS = (
+    "WITH charge AS ("
+    " SELECT c.account_id, c.journal_id, c.amount,"
+    " (sum(c.amount) OVER (PARTITION BY c.account_id ORDER BY c.n))::bigint - c.amount AS before"
+    " FROM unnest(%(accounts)b::text[], %(entries)b::bigint[], %(amounts)b::bigint[])"
+    " WITH ORDINALITY AS c(account_id, journal_id, amount, n)),"
+    " lot AS ("
+    " SELECT id, account_id, remaining_nano AS remaining,"
+    f" (sum(remaining_nano) OVER (PARTITION BY account_id ORDER BY {CONSUMPTION_ORDER}))::bigint"
+    " - remaining_nano AS before"
+    " FROM (SELECT id, account_id, kind, remaining_nano FROM billing.lots"
+    " WHERE account_id = ANY(%(account_ids)b::text[]) AND remaining_nano > 0"
+    f" ORDER BY account_id, {CONSUMPTION_ORDER} FOR NO KEY UPDATE) AS locked),"
+    " part AS ("
+    " SELECT lot.id AS lot_id, charge.journal_id,"
+    " least(charge.before + charge.amount, lot.before + lot.remaining)"
+    " - greatest(charge.before, lot.before) AS amount"
+    " FROM charge JOIN lot USING (account_id)"
+    " WHERE charge.before < lot.before + lot.remaining"
+    " AND lot.before < charge.before + charge.amount),"
+    " taken AS ("
+    " UPDATE billing.lots AS l SET remaining_nano = l.remaining_nano - t.amount"
+    " FROM (SELECT lot_id, sum(amount)::bigint AS amount FROM part GROUP BY lot_id) AS t"
+    " WHERE l.id = t.lot_id),"
+    " moved AS ("
+    " INSERT INTO billing.lot_movements (lot_id, journal_id, amount_nano)"
+    " SELECT lot_id, journal_id, -amount FROM part)"
+    " SELECT billing.refuse_uncovered_charge(charge.journal_id,"
+    " (charge.amount - coalesce(sum(part.amount), 0))::bigint)"
+    " FROM charge LEFT JOIN part USING (journal_id)"
+    " GROUP BY charge.journal_id, charge.amount"
+    " HAVING coalesce(sum(part.amount), 0) < charge.amount"
+)
+
+
+async def _consume_lots(
+    conn: Connection, charged: list[_NewSettlement], entries: dict[str, int]
+) -> None:
+    """Take the charges from their accounts' lots (see CONSUME_LOTS); `entries`: the charge
+    entry id of each transaction."""
     if not charged:
         return
-    cursor = await conn.execute(
-        "SELECT account_id, id, remaining_nano FROM billing.lots"
-        " WHERE account_id = ANY(%s) AND remaining_nano > 0"
-        f" ORDER BY account_id, {CONSUMPTION_ORDER} FOR UPDATE",
-        (sorted({s.hold.account_id for s in charged}),),
-    )
-    lots_of: dict[str, list[list[int]]] = {}  # account -> [[lot id, remaining], ...] in order
-    for account_id, lot_id, remaining in await cursor.fetchall():
-        lots_of.setdefault(account_id, []).append([lot_id, remaining])
-    movement_lots: list[int] = []
-    movement_entries: list[str] = []
-    movement_amounts: list[int] = []
-    taken: dict[int, int] = {}
-    for s in charged:
-        left = s.charged_nano
-        for lot in lots_of.get(s.hold.account_id, []):
-            if left == 0:
-                break
-            part = min(left, lot[1])
-            if part == 0:
-                continue
-            lot[1] -= part
-            left -= part
-            movement_lots.append(lot[0])
-            movement_entries.append(s.hold.transaction_id)
-            movement_amounts.append(-part)
-            taken[lot[0]] = taken.get(lot[0], 0) + part
-        if left:
-            raise RuntimeError(
-                f"lots of {s.hold.account_id} cannot cover {s.charged_nano} (short by {left})"
-            )
     await conn.execute(
-        "WITH taken AS ("
-        " UPDATE billing.lots AS l SET remaining_nano = l.remaining_nano - v.amount"
-        " FROM unnest(%s::bigint[], %s::bigint[]) AS v(id, amount) WHERE l.id = v.id)"
-        " INSERT INTO billing.lot_movements (lot_id, journal_id, amount_nano)"
-        " SELECT v.lot_id, j.id, v.amount"
-        " FROM unnest(%s::bigint[], %s::text[], %s::bigint[]) AS v(lot_id, reference_key, amount)"
-        " JOIN billing.journal j ON j.kind = 'charge' AND j.reference_key = v.reference_key",
-        (list(taken), list(taken.values()), movement_lots, movement_entries, movement_amounts),
+        CONSUME_LOTS,
+        {
+            "accounts": [s.hold.account_id for s in charged],
+            "entries": [entries[s.hold.transaction_id] for s in charged],
+            "amounts": [s.charged_nano for s in charged],
+            "account_ids": sorted({s.hold.account_id for s in charged}),
+        },
     )

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
@@ -48,6 +49,14 @@ STOP_TIMEOUT_SECONDS = 10.0
 BATCHES_IN_FLIGHT = 2
 # Records delivered and not yet acked, at most (set when the durable consumer is created).
 MAX_ACK_PENDING = 4096
+SETTLED = SettleOutcome.SETTLED
+# The `outcome` label of the settlements counter for each settle outcome.
+OUTCOME_LABELS = {
+    SettleOutcome.SETTLED: "settled",
+    SettleOutcome.DUPLICATE: "duplicate",
+    SettleOutcome.NO_HOLD: "rejected",
+    SettleOutcome.REFUSED: "rejected",
+}
 
 
 def consumer_config() -> ConsumerConfig:
@@ -193,16 +202,20 @@ class UsageConsumer:
                 *(self._settle_one_safely(message, record) for message, record in parsed)
             )
             return
-        committed_unix = time.time()
-        for (_, record), result in zip(parsed, results, strict=True):
-            self._record_outcome(record, result.outcome, committed_unix)
+        outcomes = self._record_outcomes([record for _, record in parsed], results, time.time())
         for message, _ in parsed:  # an ack only queues a publish: no task per message needed
             await self._ack(message)
+        # One line per pull (the per-record lines are at debug level: see settlement.py); it
+        # names every record's transaction, so a request's life can still be followed in logs.
         log.info(
             "usage_batch_settled",
             records=len(parsed),
-            duplicates=sum(r.outcome is SettleOutcome.DUPLICATE for r in results),
-            without_hold=sum(r.outcome is SettleOutcome.NO_HOLD for r in results),
+            transaction_ids=[record.transaction_id for _, record in parsed],
+            settled=outcomes[SETTLED],
+            duplicates=outcomes[SettleOutcome.DUPLICATE],
+            without_hold=outcomes[SettleOutcome.NO_HOLD],
+            refused=outcomes[SettleOutcome.REFUSED],
+            charged_nano=sum(r.charged_nano for r in results if r.outcome is SETTLED),
         )
 
     async def _handle_safely(self, message: Any) -> None:
@@ -278,30 +291,43 @@ class UsageConsumer:
             await message.ack()  # retrying can never succeed
             return None
 
+    def _record_outcomes(
+        self,
+        records: Sequence[inference_pb2.UsageRecord],
+        results: Sequence[SettledUsage],
+        committed_unix: float,
+    ) -> Counter[SettleOutcome]:
+        """`_record_outcome` for a committed batch, with each counter bumped once per batch
+        rather than once per record; answers how many records had each outcome."""
+        outcomes = Counter(result.outcome for result in results)
+        labels: Counter[str] = Counter()
+        for outcome, count in outcomes.items():
+            labels[OUTCOME_LABELS[outcome]] += count
+        for label, count in labels.items():
+            self._count(label, count)
+        for record, result in zip(records, results, strict=True):
+            if result.outcome is SETTLED:
+                self._observe_lag(record, committed_unix)
+            elif result.outcome is SettleOutcome.NO_HOLD:
+                _log_no_hold(record)
+        return outcomes
+
     def _record_outcome(
         self, record: inference_pb2.UsageRecord, outcome: SettleOutcome, committed_unix: float
     ) -> None:
-        if outcome is SettleOutcome.NO_HOLD:
-            # Nothing was reserved, so nothing may be charged; acked so that it cannot loop.
-            log.error(
-                "usage_record_unsettleable",
-                error="no hold for this transaction",
-                transaction_id=record.transaction_id,
-                account_id=record.account_id,
-                route=record.route,
-            )
-            self._count("rejected")
-        elif outcome is SettleOutcome.REFUSED:
-            # It contradicts its hold (logged as usage_refused by settlement); acked, never
-            # charged: the hold is released when it expires.
-            self._count("rejected")
-        elif outcome is SettleOutcome.DUPLICATE:
-            self._count("duplicate")
-        else:
-            self._count("settled")
-            if self._metrics is not None and record.finished_unix_ms > 0:
-                lag = max(0.0, committed_unix - record.finished_unix_ms / 1000)
-                self._metrics.settlement_lag_seconds.observe(lag)
+        """Count one record's outcome. A record without a hold is logged here (one that
+        contradicts its hold was logged as usage_refused by settlement); both are acked and
+        never charged: they cannot loop, and a refused record's hold expires."""
+        self._count(OUTCOME_LABELS[outcome])
+        if outcome is SETTLED:
+            self._observe_lag(record, committed_unix)
+        elif outcome is SettleOutcome.NO_HOLD:
+            _log_no_hold(record)
+
+    def _observe_lag(self, record: inference_pb2.UsageRecord, committed_unix: float) -> None:
+        if self._metrics is not None and record.finished_unix_ms > 0:
+            lag = max(0.0, committed_unix - record.finished_unix_ms / 1000)
+            self._metrics.settlement_lag_seconds.observe(lag)
 
     async def _ack(self, message: Any) -> None:
         try:
@@ -317,9 +343,9 @@ class UsageConsumer:
             self._count_nats_error()
             log.warning("usage_nak_failed", error=repr(error))
 
-    def _count(self, outcome: str) -> None:
+    def _count(self, outcome: str, records: int = 1) -> None:
         if self._metrics is not None:
-            self._metrics.settlements.labels(outcome=outcome).inc()
+            self._metrics.settlements.labels(outcome=outcome).inc(records)
 
     def _count_database_error(self) -> None:
         if self._metrics is not None:
@@ -328,6 +354,16 @@ class UsageConsumer:
     def _count_nats_error(self) -> None:
         if self._metrics is not None:
             self._metrics.nats_errors.inc()
+
+
+def _log_no_hold(record: inference_pb2.UsageRecord) -> None:
+    log.error(
+        "usage_record_unsettleable",
+        error="no hold for this transaction",
+        transaction_id=record.transaction_id,
+        account_id=record.account_id,
+        route=record.route,
+    )
 
 
 def _usage(record: inference_pb2.UsageRecord) -> UsageToSettle:

@@ -58,11 +58,12 @@ async def add_settled_usage(
     if not rows:
         return
     ordered = sorted(rows)  # one lock order for every batch
+    # Binary arrays (%b): psycopg quotes each element of a text-format array in Python.
     await conn.execute(
         "INSERT INTO billing.usage_windows AS w"
         " (scope, window_kind, window_start, tokens, spent_nano)"
         " SELECT v.scope, v.kind, date_trunc(v.kind, now(), 'UTC'), v.tokens, v.spent"
-        " FROM unnest(%s::text[], %s::text[], %s::bigint[], %s::bigint[])"
+        " FROM unnest(%b::text[], %b::text[], %b::bigint[], %b::bigint[])"
         " AS v(scope, kind, tokens, spent)"
         " ON CONFLICT (scope, window_kind, window_start) DO UPDATE"
         " SET tokens = w.tokens + EXCLUDED.tokens, spent_nano = w.spent_nano + EXCLUDED.spent_nano",

@@ -85,9 +85,9 @@ async def nats_client(own_nats: NatsServer) -> AsyncIterator[Any]:
     await client.close()
 
 
-def start_billing(folder: Path, database_url: str, nats_url: str) -> BillingProcess:
+def start_billing(folder: Path, database_url: str, nats_url: str, **env: str) -> BillingProcess:
     return BillingProcess(
-        folder, database_url, nats_url, REGIO_HOLD_SWEEP_INTERVAL_SECONDS=SWEEP_INTERVAL
+        folder, database_url, nats_url, REGIO_HOLD_SWEEP_INTERVAL_SECONDS=SWEEP_INTERVAL, **env
     ).start()
 
 
@@ -218,9 +218,13 @@ async def test_kill_9_of_billing_while_settling_loses_and_doubles_nothing(
     try:
         accounts = await fund_accounts(billing)
         abandoned = await abandon_holds(billing, accounts, 20)
-        records = 4_000  # settling takes long enough that each kill lands mid-batch
+        records = 4_000
         transactions = await create_holds(database_url, accounts, records)
         owners = {t: accounts[n % len(accounts)] for n, t in enumerate(transactions)}
+        # The records wait in the stream while billing is down, and billing then settles them in
+        # small pulls: settling takes seconds, so each kill lands while pulls are in flight
+        # (with the default pulls, billing settles 4,000 records faster than they are written).
+        billing.stop()
         js = nats_client.jetstream()
         for transaction in transactions:
             await js.publish(
@@ -228,6 +232,8 @@ async def test_kill_9_of_billing_while_settling_loses_and_doubles_nothing(
                 usage_record(transaction, owners[transaction], PROMPT, COMPLETION),
                 headers={"Nats-Msg-Id": transaction},
             )
+        small_pulls = {"REGIO_USAGE_FETCH_BATCH": "8"}
+        billing = start_billing(tmp_path / "billing", database_url, own_nats.url, **small_pulls)
         kills: list[int] = []
         in_flight: list[int] = []
         for fraction in (0.2, 0.5):  # kill -9 twice while batches are being committed
@@ -241,7 +247,7 @@ async def test_kill_9_of_billing_while_settling_loses_and_doubles_nothing(
             info = await js.consumer_info(USAGE_STREAM, BILLING_USAGE_CONSUMER)
             in_flight.append(int(info.num_ack_pending))  # delivered to the dead process, unacked
             kills.append(await settled_count(database_url, transactions))
-            billing = start_billing(tmp_path / "billing", database_url, own_nats.url)
+            billing = start_billing(tmp_path / "billing", database_url, own_nats.url, **small_pulls)
         # Records delivered to a killed billing come back after the ack wait (30 s).
         await wait_until_drained(nats_client, within_seconds=90)
         await asyncio.sleep(ABANDONED_TTL_SECONDS)

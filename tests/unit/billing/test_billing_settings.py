@@ -15,7 +15,7 @@ def test_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
 
     assert settings.billing_listen_address == "127.0.0.1:50051"
     assert settings.hold_sweep_interval_seconds == 5.0
-    assert settings.usage_fetch_batch == 64
+    assert settings.usage_fetch_batch == 128
 
 
 def test_environment_overrides(monkeypatch: pytest.MonkeyPatch) -> None:
