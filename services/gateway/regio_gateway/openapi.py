@@ -202,24 +202,7 @@ def _chat_completions(schemas: SchemaCollector) -> dict[str, Any]:
                 "application/json": {"schema": schemas.ref(ChatCompletionRequest, "validation")}
             },
         },
-        "responses": {
-            "200": {
-                "description": "The completion, or its stream of chunks.",
-                "headers": (
-                    TRANSACTION_HEADER
-                    | COUNTRY_HEADER
-                    | CONTEXT_COMPRESSED_HEADER
-                    | THINKING_RESCUED_HEADER
-                    | RATE_LIMIT_HEADERS
-                ),
-                "content": {
-                    "application/json": {"schema": schemas.ref(ChatCompletion, "serialization")},
-                    # One server-sent event (as SSE tools, schemathesis among them, parse it).
-                    "text/event-stream": {"schema": SSE_EVENT},
-                },
-            },
-            **_error_responses(CHAT_ERRORS),
-        },
+        "responses": _completion_responses(schemas, ChatCompletion),
     }
 
 
@@ -242,23 +225,29 @@ def _completions(schemas: SchemaCollector) -> dict[str, Any]:
                 "application/json": {"schema": schemas.ref(TextCompletionRequest, "validation")}
             },
         },
-        "responses": {
-            "200": {
-                "description": "The completion, or its stream of chunks.",
-                "headers": (
-                    TRANSACTION_HEADER
-                    | COUNTRY_HEADER
-                    | CONTEXT_COMPRESSED_HEADER
-                    | THINKING_RESCUED_HEADER
-                    | RATE_LIMIT_HEADERS
-                ),
-                "content": {
-                    "application/json": {"schema": schemas.ref(TextCompletion, "serialization")},
-                    "text/event-stream": {"schema": SSE_EVENT},
-                },
+        "responses": _completion_responses(schemas, TextCompletion),
+    }
+
+
+def _completion_responses(schemas: SchemaCollector, answer: type[BaseModel]) -> dict[str, Any]:
+    """The answers of a completions endpoint: the JSON `answer` or its SSE stream, or an error."""
+    return {
+        "200": {
+            "description": "The completion, or its stream of chunks.",
+            "headers": (
+                TRANSACTION_HEADER
+                | COUNTRY_HEADER
+                | CONTEXT_COMPRESSED_HEADER
+                | THINKING_RESCUED_HEADER
+                | RATE_LIMIT_HEADERS
+            ),
+            "content": {
+                "application/json": {"schema": schemas.ref(answer, "serialization")},
+                # One server-sent event (as SSE tools, schemathesis among them, parse it).
+                "text/event-stream": {"schema": SSE_EVENT},
             },
-            **_error_responses(CHAT_ERRORS),
         },
+        **_error_responses(CHAT_ERRORS),
     }
 
 
