@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import contextlib
 import uuid
-from collections.abc import AsyncIterator, Collection
+from collections.abc import AsyncIterator, Collection, Iterator
 from pathlib import Path
 
 import nats
 import nats.errors
 import pytest
 from google.protobuf.message import DecodeError
+from llama_cpp import Llama
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
@@ -120,3 +121,12 @@ def gemma_route() -> Route:
 @pytest.fixture(scope="session")
 def gemma_model_path(gemma_route: Route) -> Path:
     return resolve_model_path(gemma_route.source, SHARED_MODELS_DIR)
+
+
+@pytest.fixture(scope="module")
+def vocabulary(gemma_model_path: Path) -> Iterator[Llama]:
+    """The model's vocabulary only (no weights): an independent tokenizer to check the engine's
+    token counts and grammars against."""
+    tokenizer = Llama(model_path=str(gemma_model_path), vocab_only=True, verbose=False)
+    yield tokenizer
+    tokenizer.close()

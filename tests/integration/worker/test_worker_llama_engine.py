@@ -10,7 +10,7 @@ import json
 import math
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -50,14 +50,6 @@ async def engine(gemma_model_path: Path, gemma_route: Route) -> AsyncIterator[Ba
     )
     yield loaded
     await loaded.close()
-
-
-@pytest.fixture(scope="module")
-def vocabulary(gemma_model_path: Path) -> Iterator[Llama]:
-    """An independent tokenizer (vocabulary only, no weights) to check the engine's counts."""
-    tokenizer = Llama(model_path=str(gemma_model_path), vocab_only=True, verbose=False)
-    yield tokenizer
-    tokenizer.close()
 
 
 def gemma_prompt_tokens(vocabulary: Llama, *user_turns: str) -> int:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -57,14 +57,6 @@ async def engine(gemma_model_path: Path, gemma_route: Route) -> AsyncIterator[Ba
     )
     yield loaded
     await loaded.close()
-
-
-@pytest.fixture(scope="module")
-def vocabulary(gemma_model_path: Path) -> Iterator[Llama]:
-    """An independent tokenizer (vocabulary only, no weights) to check the engine's counts."""
-    tokenizer = Llama(model_path=str(gemma_model_path), vocab_only=True, verbose=False)
-    yield tokenizer
-    tokenizer.close()
 
 
 def gemma_prompt(vocabulary: Llama, user_turn: str) -> list[int]:

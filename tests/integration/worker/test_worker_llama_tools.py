@@ -74,14 +74,6 @@ async def engine(gemma_model_path: Path, gemma_route: Route) -> AsyncIterator[Ba
     await loaded.close()
 
 
-@pytest.fixture(scope="module")
-def vocabulary(gemma_model_path: Path) -> Iterator[Llama]:
-    """The model's vocabulary only (no weights), for the grammar checks."""
-    tokenizer = Llama(model_path=str(gemma_model_path), vocab_only=True, verbose=False)
-    yield tokenizer
-    tokenizer.close()
-
-
 def greedy(*messages: ChatMessage, **fields: Any) -> GenerationRequest:
     return GenerationRequest(
         transaction_id=f"txn-{uuid.uuid4().hex}",
