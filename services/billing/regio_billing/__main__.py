@@ -10,6 +10,7 @@ import structlog
 
 from regio_billing.app import BillingApp
 from regio_billing.settings import BillingSettings
+from regio_common.event_loop import run_service
 from regio_common.logging import configure_logging
 from regio_common.ops_server import OpsServer
 
@@ -47,7 +48,7 @@ async def serve(settings: BillingSettings) -> None:
 def main() -> None:
     settings = BillingSettings()
     configure_logging("billing", settings.log_level, settings.log_format)
-    asyncio.run(serve(settings))
+    run_service(serve(settings))
 
 
 if __name__ == "__main__":

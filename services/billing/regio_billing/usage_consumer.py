@@ -357,6 +357,16 @@ class UsageConsumer:
 
 
 def _log_no_hold(record: inference_pb2.UsageRecord) -> None:
+    if not record.billable:
+        # Expected: the gateway offers a request to a worker while billing decides its hold,
+        # and cancels it unread when the hold is refused (nothing delivered, nothing to charge).
+        log.info(
+            "unbilled_usage_without_hold",
+            transaction_id=record.transaction_id,
+            account_id=record.account_id,
+            unbilled_reason=record.unbilled_reason,
+        )
+        return
     log.error(
         "usage_record_unsettleable",
         error="no hold for this transaction",

@@ -11,6 +11,7 @@ from contextlib import asynccontextmanager
 from aiohttp import web
 from psycopg_pool import AsyncConnectionPool
 
+from regio_common.event_loop import run_service
 from regio_common.logging import configure_logging
 from regio_common.ops_server import OpsServer, nats_check, postgres_check
 from regio_dashboard.app import build_app, dashboard_state
@@ -71,7 +72,7 @@ async def serve(settings: DashboardSettings) -> None:
 
 
 def main() -> None:
-    asyncio.run(serve(DashboardSettings()))
+    run_service(serve(DashboardSettings()))
 
 
 if __name__ == "__main__":

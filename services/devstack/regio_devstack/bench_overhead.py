@@ -41,6 +41,9 @@ LITELLM_VENV = PROJECT_ROOT / ".regio" / "bench" / "litellm-venv"
 LITELLM_MASTER_KEY = "sk-bench-master"
 # The worker's limits, raised so that they never cap 128 clients (defaults: 4 and 16).
 WORKER_ENV = {"REGIO_UPSTREAM_MAX_CONCURRENCY": "256", "REGIO_WORKER_QUEUE_LIMIT": "256"}
+# The load client is one address standing for 128 users: the gateway's per-address cap on
+# requests in flight (default 64; LiteLLM has none) is raised to let them all in.
+GATEWAY_ENV = {"REGIO_MAX_CONCURRENT_REQUESTS_PER_CLIENT": "256"}
 TARGETS = ["direct", "LiteLLM", "Regio"]
 
 
@@ -352,6 +355,7 @@ def main() -> None:
                 worker_country=COUNTRY,
                 demo_credit_eur="1000",
                 start_route_workers=False,
+                extra_env=GATEWAY_ENV,
             ),
             say=lambda message: None,
         )
@@ -380,7 +384,8 @@ def main() -> None:
             before = wait_settled(stack, demo.account_id)
             say(
                 f"{os.cpu_count()} cores; LiteLLM {litellm_version()} (1 worker, no database); "
-                f"Regio worker env {WORKER_ENV}; levels (concurrency, requests) {LEVELS}, "
+                f"Regio worker env {WORKER_ENV}, gateway env {GATEWAY_ENV}; "
+                f"levels (concurrency, requests) {LEVELS}, "
                 "each after a warm-up of max(20, 2xc) requests"
             )
             pids = _pids(stack, upstream, litellm)

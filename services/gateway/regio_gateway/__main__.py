@@ -7,6 +7,7 @@ import signal
 
 from aiohttp import web
 
+from regio_common.event_loop import run_service
 from regio_common.logging import configure_logging
 from regio_common.ops_server import OpsServer, nats_check
 from regio_gateway.app import build_app, build_state, close_state
@@ -49,7 +50,7 @@ async def serve(settings: GatewaySettings) -> None:
 
 
 def main() -> None:
-    asyncio.run(serve(GatewaySettings()))
+    run_service(serve(GatewaySettings()))
 
 
 if __name__ == "__main__":

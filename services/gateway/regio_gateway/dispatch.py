@@ -127,6 +127,22 @@ class Dispatcher:
         self._accept_timeout = accept_timeout
         self._first_chunk_timeout = first_chunk_timeout
         self._inter_chunk_timeout = inter_chunk_timeout
+        self._abandoned: set[asyncio.Task[None]] = set()
+
+    def abandon(self, offer: asyncio.Future[WorkerStream]) -> None:
+        """An offer whose stream must not be read (its hold was refused): once a worker has
+        accepted it, the generation is cancelled. Runs on its own, beyond the request."""
+        task = asyncio.create_task(self._cancel_when_accepted(offer))
+        self._abandoned.add(task)
+        task.add_done_callback(self._abandoned.discard)
+
+    async def _cancel_when_accepted(self, offer: asyncio.Future[WorkerStream]) -> None:
+        try:
+            stream = await offer
+        except BaseException:  # not accepted: nothing runs, the offer's error is moot
+            return
+        await stream.cancel()
+        await stream.close()
 
     async def open(
         self, request: inference_pb2.InferenceRequest, countries: list[str]

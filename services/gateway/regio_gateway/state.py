@@ -14,6 +14,7 @@ from regio_gateway.concurrency_limits import InFlightLimits
 from regio_gateway.config_store import ConfigStore
 from regio_gateway.deny_cache import LimitDenyCache
 from regio_gateway.dispatch import Dispatcher
+from regio_gateway.hold_and_dispatch import SpeculationGuard
 from regio_gateway.media.fetch import MediaFetcher
 from regio_gateway.media.loader import MediaLoader
 from regio_gateway.metrics import GatewayMetrics
@@ -35,6 +36,8 @@ class GatewayState:
     auth_throttle: FailedAuthThrottle
     in_flight: InFlightLimits
     media: MediaLoader  # images, PDFs and audio of requests; its HTTP client closes on cleanup
+    # Which requests are offered to a worker while their hold is being decided.
+    speculation: SpeculationGuard
 
     @classmethod
     def with_edge_protections(
@@ -65,6 +68,7 @@ class GatewayState:
                 total=settings.max_concurrent_requests,
                 per_client=settings.max_concurrent_requests_per_client,
             ),
+            speculation=SpeculationGuard(),
             media=MediaLoader(
                 settings,
                 MediaFetcher(

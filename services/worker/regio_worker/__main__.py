@@ -7,6 +7,7 @@ import sys
 
 import structlog
 
+from regio_common.event_loop import run_service
 from regio_common.logging import configure_logging
 from regio_worker.app import StartupError, run_worker
 from regio_worker.model_files import ModelFileError
@@ -24,7 +25,7 @@ def main() -> int:
         country=settings.worker_country,
     )
     try:
-        asyncio.run(run_worker(settings))
+        run_service(run_worker(settings))
     except asyncio.CancelledError:  # SIGTERM/SIGINT before the worker was serving
         log.info("worker_stopped_during_start_up")
         return 0

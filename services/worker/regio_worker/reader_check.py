@@ -3,7 +3,9 @@
 A worker publishes a stream's chunks with plain NATS publishes, which succeed whether or not
 anyone reads them: if the gateway process dies, the worker would generate (and bill) an answer
 nobody receives. So while it streams, the worker asks the reading gateway now and then — at the
-first delta, then at most every interval — with a NATS request on the stream's reply inbox.
+first delta an interval after the stream began, then at most every interval — with a NATS
+request on the stream's reply inbox (an answer shorter than the interval costs no check: its
+confirmed FINAL chunk says all that is needed).
 The gateway answers with how many delta chunks its client has received (none for a JSON answer
 before its end); NATS answers "no responders" at once when the inbox has no subscriber any more.
 A check that merely times out (a busy gateway) says nothing. The FINAL chunk, too, goes as a
@@ -44,18 +46,19 @@ class ReaderCheck:
         self._interval = interval_seconds
         self._timeout = timeout_seconds
         self._on_gone = on_gone
-        self._last_check: float | None = None
+        # The stream's start counts as a check: the first one comes an interval later.
+        self._last_check = time.monotonic()
         self._in_flight: asyncio.Task[None] | None = None
         self.gone = False
         # Delta chunks the client has received, as the gateway last said.
         self.delivered = 0
 
     def sent(self) -> None:
-        """A delta chunk went out: check now if it is the first or the interval has passed."""
+        """A delta chunk went out: check now if the interval has passed."""
         if self.gone or (self._in_flight is not None and not self._in_flight.done()):
             return
         now = time.monotonic()
-        if self._last_check is None or now - self._last_check >= self._interval:
+        if now - self._last_check >= self._interval:
             self._last_check = now
             self._in_flight = asyncio.create_task(self._check())
 

@@ -294,10 +294,9 @@ class WorkerServer:
         chunk = final_chunk(job.transaction_id, job.next_sequence(), finished, job.dropped_messages)
         if reader is None:
             await self._reply(job.reply_subject, chunk)
-        else:
-            await reader.settled()
-            if not await reader.confirm_final(chunk.SerializeToString()):
-                finished = _billed_as_delivered(finished, reader.delivered)
+        elif not await reader.confirm_final(chunk.SerializeToString()):
+            await reader.settled()  # a check in flight may still say what was delivered
+            finished = _billed_as_delivered(finished, reader.delivered)
         self._usage.submit(usage_record(job.request, self.identity, finished, _now_ms()))
         usage = finished.usage
         self.metrics.generation_finished(

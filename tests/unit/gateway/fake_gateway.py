@@ -153,6 +153,8 @@ class FakeDispatcher:
     script: list[inference_pb2.InferenceChunk] | None = None
     # The requests the gateway dispatched, in order.
     requests: list[inference_pb2.InferenceRequest] = field(default_factory=list)
+    # Offers made while billing decided, whose hold was then refused.
+    abandoned: list[asyncio.Future[FakeWorkerStream]] = field(default_factory=list)
 
     async def open(
         self, request: inference_pb2.InferenceRequest, countries: list[str]
@@ -164,6 +166,17 @@ class FakeDispatcher:
         self.streams.append(stream)
         self.opened.set()
         return stream
+
+    def abandon(self, offer: asyncio.Future[FakeWorkerStream]) -> None:
+        """As Dispatcher.abandon: the offered stream is cancelled unread once it opens."""
+        self.abandoned.append(offer)
+        offer.add_done_callback(
+            lambda done: (
+                None
+                if done.cancelled() or done.exception() is not None
+                else done.result().cancelled.set()
+            )
+        )
 
 
 @dataclass

@@ -97,7 +97,9 @@ async def test_a_limit_refusal_is_a_429_and_is_not_retried_with_the_fallback_mod
     assert headers["x-ratelimit-remaining-requests"] == "0"
     assert headers["x-transaction-id"].startswith("txn-")
     assert len(gateway.billing.reserves) == 1  # the fallbacks would meet the same limit
-    assert gateway.dispatcher.streams == []
+    # Offered while billing decided (the first refusal of the account), then cancelled unread.
+    (offered,) = gateway.dispatcher.streams
+    assert offered.cancelled.is_set()
     registry = gateway.metrics.registry
     reason = {"reason": "rate_limit_exceeded"}
     assert registry.get_sample_value("regio_gateway_refusals_total", reason) == 1

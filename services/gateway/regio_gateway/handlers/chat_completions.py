@@ -10,6 +10,7 @@ import asyncio
 import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from functools import partial
 from typing import Protocol
 
 import structlog
@@ -40,6 +41,7 @@ from regio_gateway.dispatch import WorkerStream
 from regio_gateway.handlers.body import read_json_body
 from regio_gateway.handlers.request_limits import check_request_counts
 from regio_gateway.handlers.routing import resolve_activation, route_and_suffix
+from regio_gateway.hold_and_dispatch import HoldRefused, hold_and_dispatch
 from regio_gateway.protocol.chat_completion import (
     FINISH_REASONS,
     ChatCompletion,
@@ -179,43 +181,51 @@ async def _dispatch_first_available(
             transaction_id = base_id if holds == 0 else f"{base_id}-{holds + 1}"
             request[TRANSACTION_KEY] = transaction_id
             structlog.contextvars.bind_contextvars(transaction_id=transaction_id)
+            inference = body.to_inference_request(
+                transaction_id=transaction_id,
+                account_id=account_id,
+                route=route,
+                region=region,
+                free_system_prompt=activation.free_system_prompt,
+                deadline_unix_ms=int(
+                    (time.time() + state.settings.dispatch_timeout_seconds) * 1000
+                ),
+                media=media.by_message,
+                reasoning=reasoning.to_proto(),
+            )
+            countries = state.catalogue.countries(region)
             try:
-                held = await state.billing.reserve(
-                    transaction_id=transaction_id,
-                    account_id=account_id,
-                    route=route.name,
-                    region=region,
-                    max_prompt_tokens=body.prompt_token_bound(media.token_bound(route)),
-                    max_completion_tokens=body.output_limit(route),
-                    ttl_seconds=state.settings.hold_ttl_seconds,
-                    key_id=key.key_id,
-                    key_limits=key.limits,
-                    account_limits=account_limits,
+                held, stream = await hold_and_dispatch(
+                    hold=partial(
+                        state.billing.reserve,
+                        transaction_id=inference.transaction_id,
+                        account_id=account_id,
+                        route=route.name,
+                        region=region,
+                        max_prompt_tokens=body.prompt_token_bound(media.token_bound(route)),
+                        max_completion_tokens=body.output_limit(route),
+                        ttl_seconds=state.settings.hold_ttl_seconds,
+                        key_id=key.key_id,
+                        key_limits=key.limits,
+                        account_limits=account_limits,
+                    ),
+                    dispatch=partial(state.dispatcher.open, inference, countries),
+                    release=partial(state.billing.release, inference.transaction_id),
+                    dispatcher=state.dispatcher,
+                    speculate=state.speculation.may_speculate(account_id),
                 )
-            except LimitRefusal as refusal:
-                state.deny_cache.remember(refusal, key, account_limits)
-                response_headers(request).update(rate_limit_headers(refusal.headroom))
+            except HoldRefused as refused:
+                state.speculation.refused(account_id, refused.error)
+                if isinstance(refused.error, LimitRefusal):
+                    state.deny_cache.remember(refused.error, key, account_limits)
+                    response_headers(request).update(rate_limit_headers(refused.error.headroom))
+                raise refused.error from None
+            except BaseException:
+                holds += 1  # the dispatch failed and the hold was released
                 raise
+            holds += 1
             if held.HasField("headroom"):
                 response_headers(request).update(rate_limit_headers(held.headroom))
-            holds += 1
-            try:
-                inference = body.to_inference_request(
-                    transaction_id=transaction_id,
-                    account_id=account_id,
-                    route=route,
-                    region=region,
-                    free_system_prompt=activation.free_system_prompt,
-                    deadline_unix_ms=int(
-                        (time.time() + state.settings.dispatch_timeout_seconds) * 1000
-                    ),
-                    media=media.by_message,
-                    reasoning=reasoning.to_proto(),
-                )
-                stream = await state.dispatcher.open(inference, state.catalogue.countries(region))
-            except BaseException:
-                await state.billing.release(transaction_id, "not dispatched")
-                raise
             return route, reasoning, stream
         except (BillingUnavailable, LimitRefusal):
             raise  # no other model can be served either
