@@ -124,7 +124,8 @@ def test_one_completion_moves_every_services_metrics_and_logs_its_transaction_id
     def billing_settled() -> bool:
         after = scrape(stack, "billing")
         name = "regio_billing_settlements_total"
-        return total(after, name, outcome="settled") > total(before["billing"], name)
+        settled = {"outcome": "settled"}
+        return total(after, name, **settled) > total(before["billing"], name, **settled)
 
     wait_for(billing_settled)
     after = {service: scrape(stack, service) for service in CORE_SERVICES}
@@ -165,16 +166,16 @@ def test_one_completion_moves_every_services_metrics_and_logs_its_transaction_id
         for value in labels.values()
     )
 
-    gateway_events = {
-        line["event"] for line in log_lines(stack.logs_dir / "gateway.log", transaction_id)
-    }
-    assert {"dispatched", "request"} <= gateway_events
+    gateway_lines = log_lines(stack.logs_dir / "gateway.log", transaction_id)
+    (access,) = [line for line in gateway_lines if line["event"] == "request"]
+    assert (access["status"], access["route"], access["region"]) == (200, "liv", "eu")
+    assert access["country"] and access["worker_id"]
     worker_events = {
         line["event"]
         for worker in running_workers(stack)
         for line in log_lines(worker.log_path, transaction_id)
     }
-    assert {"request_accepted", "generation_started", "request_finished"} <= worker_events
+    assert {"generation_started", "request_finished"} <= worker_events
 
     def billing_logged_settlement() -> bool:
         lines = log_lines(stack.logs_dir / "billing.log", transaction_id)

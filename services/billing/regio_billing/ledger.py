@@ -176,7 +176,9 @@ class Ledger:
                     used=result.limit.used,
                     retry_after_ms=result.limit.retry_after_ms,
                 )
-            log.info(
+            # A granted hold is the common case: its transaction's other lines tell of it.
+            decided = log.debug if result.outcome is ReserveOutcome.HELD else log.info
+            decided(
                 "reserve_decided",
                 account_id=account_id,
                 outcome=result.outcome.value,

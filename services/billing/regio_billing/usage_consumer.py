@@ -57,6 +57,7 @@ OUTCOME_LABELS = {
     SettleOutcome.NO_HOLD: "rejected",
     SettleOutcome.REFUSED: "rejected",
 }
+UNBILLED_WITHOUT_HOLD = "unbilled"
 
 
 def consumer_config() -> ConsumerConfig:
@@ -300,9 +301,10 @@ class UsageConsumer:
         """`_record_outcome` for a committed batch, with each counter bumped once per batch
         rather than once per record; answers how many records had each outcome."""
         outcomes = Counter(result.outcome for result in results)
-        labels: Counter[str] = Counter()
-        for outcome, count in outcomes.items():
-            labels[OUTCOME_LABELS[outcome]] += count
+        labels = Counter(
+            _outcome_label(record, result.outcome)
+            for record, result in zip(records, results, strict=True)
+        )
         for label, count in labels.items():
             self._count(label, count)
         for record, result in zip(records, results, strict=True):
@@ -318,7 +320,7 @@ class UsageConsumer:
         """Count one record's outcome. A record without a hold is logged here (one that
         contradicts its hold was logged as usage_refused by settlement); both are acked and
         never charged: they cannot loop, and a refused record's hold expires."""
-        self._count(OUTCOME_LABELS[outcome])
+        self._count(_outcome_label(record, outcome))
         if outcome is SETTLED:
             self._observe_lag(record, committed_unix)
         elif outcome is SettleOutcome.NO_HOLD:
@@ -354,6 +356,14 @@ class UsageConsumer:
     def _count_nats_error(self) -> None:
         if self._metrics is not None:
             self._metrics.nats_errors.inc()
+
+
+def _outcome_label(record: inference_pb2.UsageRecord, outcome: SettleOutcome) -> str:
+    """The settlements counter's `outcome`; a record with nothing to charge and no hold (an
+    offer cancelled because its hold was refused) is `unbilled`, not `rejected`."""
+    if outcome is SettleOutcome.NO_HOLD and not record.billable:
+        return UNBILLED_WITHOUT_HOLD
+    return OUTCOME_LABELS[outcome]
 
 
 def _log_no_hold(record: inference_pb2.UsageRecord) -> None:

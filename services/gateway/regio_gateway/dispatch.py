@@ -99,7 +99,9 @@ class WorkerStream:
         try:
             await self._nc.publish(
                 cancel_subject(self.worker_id),
-                inference_pb2.CancelRequest(transaction_id=self.transaction_id).SerializeToString(),
+                inference_pb2.CancelRequest(
+                    transaction_id=self.transaction_id, delivered_deltas=self._deltas_delivered
+                ).SerializeToString(),
             )
         except Exception as error:  # the worker's own deadline stops it if this cannot be sent
             self._metrics.dependency_failed("nats")

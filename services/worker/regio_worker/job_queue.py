@@ -28,6 +28,9 @@ class Job:
     last_text_at: float | None = None
     # Messages the engine left out of the middle of the conversation (ContextCompressed).
     dropped_messages: int = 0
+    # Delta chunks the gateway said its client received when it cancelled the stream; None:
+    # the gateway did not cancel it.
+    delivered_at_cancel: int | None = None
 
     @property
     def transaction_id(self) -> str:
@@ -106,8 +109,8 @@ class JobQueue:
         if self._running.pop(transaction_id, None) is not None:
             self._load_changed()
 
-    def is_running(self, transaction_id: str) -> bool:
-        return transaction_id in self._running
+    def running(self, transaction_id: str) -> Job | None:
+        return self._running.get(transaction_id)
 
     def withdraw_waiting(self, transaction_id: str) -> Job | None:
         """Take a job that has not started out of the queue (it was cancelled)."""

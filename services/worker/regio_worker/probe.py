@@ -69,8 +69,10 @@ class InferenceCall:
             chunks.append(await self.next_chunk(wait_seconds))
         return chunks
 
-    async def cancel(self, worker_id: str) -> None:
-        cancel = inference_pb2.CancelRequest(transaction_id=self.transaction_id)
+    async def cancel(self, worker_id: str, *, delivered_deltas: int = 0) -> None:
+        cancel = inference_pb2.CancelRequest(
+            transaction_id=self.transaction_id, delivered_deltas=delivered_deltas
+        )
         await self._nc.publish(cancel_subject(worker_id), cancel.SerializeToString())
 
     async def close(self) -> None:
@@ -85,7 +87,9 @@ def chat_request(
     transaction_id: str | None = None,
     free_system_prompt: str = "",
     deadline_unix_ms: int = 0,
+    stream: bool = True,
 ) -> inference_pb2.InferenceRequest:
+    """A chat request as the gateway sends it; `stream` (the default): the text as it comes."""
     return inference_pb2.InferenceRequest(
         transaction_id=transaction_id or new_transaction_id(),
         account_id="probe",
@@ -95,6 +99,7 @@ def chat_request(
         sampling=inference_pb2.SamplingParams(max_tokens=max_tokens),
         free_system_prompt=free_system_prompt,
         deadline_unix_ms=deadline_unix_ms,
+        stream=stream,
     )
 
 

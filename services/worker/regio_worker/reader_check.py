@@ -68,13 +68,17 @@ class ReaderCheck:
         if self._in_flight is not None and not self._in_flight.done():
             await asyncio.wait({self._in_flight}, timeout=SETTLE_WAIT_SECONDS)
 
-    async def confirm_final(self, final_chunk: bytes) -> bool:
+    async def confirm_final(self, final_chunk: bytes, *, reader_expected: bool = True) -> bool:
         """Sends the FINAL chunk as a request: True once the gateway has confirmed it. False
-        when no gateway reads the stream any more or none answered in time."""
+        when no gateway reads the stream any more or none answered in time. `reader_expected`
+        False: the gateway cancelled the stream, so it is no surprise that nobody reads."""
         try:
             await self._nc.request(self._subject, final_chunk, timeout=self._timeout)
         except nats.errors.NoRespondersError:
-            log.warning("final_not_confirmed", reason="reader gone")
+            if reader_expected:
+                log.warning("final_not_confirmed", reason="reader gone")
+            else:
+                log.info("final_unread_after_cancel")
             return False
         except (nats.errors.Error, TimeoutError) as error:
             log.warning("final_not_confirmed", reason=repr(error))

@@ -50,6 +50,7 @@ from regio_worker.protocol import (
     usage_record,
 )
 from regio_worker.reader_check import ReaderCheck
+from regio_worker.text_gathering import TextGathering
 from regio_worker.usage_publisher import UsagePublisher
 
 log = structlog.get_logger()
@@ -183,7 +184,7 @@ class WorkerServer:
             await self._reply(msg.reply, accepted_chunk(request.transaction_id, self.identity))
             job.accepted.set()
             self._start_ready_jobs()
-            log.info("request_accepted", queued=self._jobs.queued, busy=self._jobs.busy)
+            log.debug("request_accepted", queued=self._jobs.queued, busy=self._jobs.busy)
 
     def _rejection_reason(self, request: inference_pb2.InferenceRequest) -> str | None:
         if request.route != self.identity.route:
@@ -208,7 +209,7 @@ class WorkerServer:
     async def _run_job(self, job: Job) -> None:
         with structlog.contextvars.bound_contextvars(transaction_id=job.transaction_id):
             try:
-                log.info("generation_started")
+                log.info("generation_started", queued=self._jobs.queued, busy=self._jobs.busy)
                 finished, reader = await self._stream_generation(job)
             finally:
                 self._jobs.finish(job.transaction_id)
@@ -228,60 +229,70 @@ class WorkerServer:
         return await self._generate(job, reader), reader
 
     async def _generate(self, job: Job, reader: ReaderCheck) -> GenerationFinished:
-        deltas_sent = 0
+        pieces = 0  # events of generated output, each at least one token
         json_mode = job.generation.output_format is not OutputFormat.TEXT
         text: list[str] = []
+        # A client that reads the answer only at its end gets its text in a few chunks.
+        gathering = TextGathering(gather=not job.request.stream)
         try:
             async with contextlib.aclosing(self._engine.generate(job.generation)) as events:
                 async for event in events:
-                    if isinstance(event, GenerationFinished):
-                        return checked_json_output(event, "".join(text)) if json_mode else event
                     if isinstance(event, ContextCompressed):
                         job.dropped_messages = event.dropped_messages
                         continue
-                    # The gateway learns it before its first byte to the client.
-                    dropped = job.dropped_messages if deltas_sent == 0 else 0
-                    if isinstance(event, ReasoningDelta):
-                        chunk = delta_chunk(
-                            job.transaction_id,
-                            job.next_sequence(),
-                            reasoning=event.text,
-                            dropped_messages=dropped,
-                        )
-                    elif isinstance(event, ToolCallDelta):
-                        chunk = delta_chunk(
-                            job.transaction_id,
-                            job.next_sequence(),
-                            tool_calls=(event,),
-                            dropped_messages=dropped,
-                        )
-                    else:
-                        assert isinstance(event, TextDelta)
+                    if isinstance(event, TextDelta):
+                        pieces += 1
                         if json_mode:
                             text.append(event.text)
-                        chunk = delta_chunk(
-                            job.transaction_id,
-                            job.next_sequence(),
-                            event.text,
-                            dropped_messages=dropped,
-                            logprobs=event.logprobs,
-                        )
-                    job.text_sent()
-                    if not await self._reply(job.reply_subject, chunk):
-                        self._engine.abort(job.transaction_id)  # nobody can read it any more
-                    deltas_sent += 1
-                    reader.sent()
+                        ready = gathering.add(event)
+                        if ready is not None:
+                            await self._send_delta(job, reader, ready)
+                        continue
+                    gathered = gathering.flush()
+                    if gathered is not None:
+                        await self._send_delta(job, reader, gathered)
+                    if isinstance(event, GenerationFinished):
+                        return checked_json_output(event, "".join(text)) if json_mode else event
+                    pieces += 1
+                    await self._send_delta(job, reader, event)
             message = "the engine ended without a result"
         except Exception:
             log.exception("engine_failed")
             message = "the model worker failed while generating"
-        # Each delta holds at least one token: a lower bound, so the partial answer is billed.
+        # Each piece holds at least one token: a lower bound, so the partial answer is billed.
         return GenerationFinished(
             FinishReason.ERROR,
-            Usage(completion_tokens=deltas_sent),
+            Usage(completion_tokens=pieces),
             message,
             error_code=GENERATION_FAILED,
         )
+
+    async def _send_delta(
+        self, job: Job, reader: ReaderCheck, event: TextDelta | ReasoningDelta | ToolCallDelta
+    ) -> None:
+        # The gateway learns it before its first byte to the client.
+        dropped = job.dropped_messages if job.first_text_at is None else 0
+        sequence = job.next_sequence()
+        if isinstance(event, ReasoningDelta):
+            chunk = delta_chunk(
+                job.transaction_id, sequence, reasoning=event.text, dropped_messages=dropped
+            )
+        elif isinstance(event, ToolCallDelta):
+            chunk = delta_chunk(
+                job.transaction_id, sequence, tool_calls=(event,), dropped_messages=dropped
+            )
+        else:
+            chunk = delta_chunk(
+                job.transaction_id,
+                sequence,
+                event.text,
+                dropped_messages=dropped,
+                logprobs=event.logprobs,
+            )
+        job.text_sent()
+        if not await self._reply(job.reply_subject, chunk):
+            self._engine.abort(job.transaction_id)  # nobody can read it any more
+        reader.sent()
 
     async def _finish(
         self, job: Job, finished: GenerationFinished, reader: ReaderCheck | None = None
@@ -294,9 +305,12 @@ class WorkerServer:
         chunk = final_chunk(job.transaction_id, job.next_sequence(), finished, job.dropped_messages)
         if reader is None:
             await self._reply(job.reply_subject, chunk)
-        elif not await reader.confirm_final(chunk.SerializeToString()):
+        elif not await reader.confirm_final(
+            chunk.SerializeToString(), reader_expected=job.delivered_at_cancel is None
+        ):
             await reader.settled()  # a check in flight may still say what was delivered
-            finished = _billed_as_delivered(finished, reader.delivered)
+            delivered = max(reader.delivered, job.delivered_at_cancel or 0)
+            finished = _billed_as_delivered(finished, delivered)
         self._usage.submit(usage_record(job.request, self.identity, finished, _now_ms()))
         usage = finished.usage
         self.metrics.generation_finished(
@@ -329,17 +343,20 @@ class WorkerServer:
 
     async def _on_cancel(self, msg: Msg) -> None:
         try:
-            transaction_id = inference_pb2.CancelRequest.FromString(msg.data).transaction_id
+            cancel = inference_pb2.CancelRequest.FromString(msg.data)
         except DecodeError:
             log.warning("cancel_malformed")
             return
+        transaction_id = cancel.transaction_id
         with structlog.contextvars.bound_contextvars(transaction_id=transaction_id):
             waiting = self._jobs.withdraw_waiting(transaction_id)
+            running = self._jobs.running(transaction_id)
             if waiting is not None:
                 log.info("cancelled_while_queued")
                 self._spawn(self._finish(waiting, GenerationFinished(FinishReason.CANCELLED)))
-            elif self._jobs.is_running(transaction_id):
-                log.info("cancel_requested")
+            elif running is not None:
+                log.info("cancel_requested", delivered_deltas=cancel.delivered_deltas)
+                running.delivered_at_cancel = cancel.delivered_deltas
                 self._engine.abort(transaction_id)
             else:
                 log.info("cancel_for_unknown_request")

@@ -65,7 +65,7 @@ class UsagePublisher:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self._max_retry)
                 continue
-            log.info(
+            log.debug(
                 "usage_published",
                 transaction_id=record.transaction_id,
                 stream_sequence=ack.seq,

@@ -125,6 +125,44 @@ async def test_a_vanished_gateway_stops_the_generation_and_bills_what_its_client
     assert server.load().slots_busy == 0
 
 
+async def test_an_answer_read_only_at_its_end_comes_in_one_chunk(
+    nc: Client, start_worker: StartWorker, route_name: str
+) -> None:
+    await start_worker(ScriptedEngine(["one", " two", " three"]), route=route_name)
+    streamed = await InferenceCall.open(nc, "de", route_name, chat_request("go", route=route_name))
+    whole = await InferenceCall.open(
+        nc, "de", route_name, chat_request("go", route=route_name, stream=False)
+    )
+    streamed_chunks = await streamed.until_end()
+    whole_chunks = await whole.until_end()
+    assert [c.kind for c in streamed_chunks] == [ACCEPTED, DELTA, DELTA, DELTA, FINAL]
+    assert [c.kind for c in whole_chunks] == [ACCEPTED, DELTA, FINAL]
+    assert whole_chunks[1].text_delta == "one two three"
+    assert whole_chunks[-1].usage.completion_tokens == 3
+
+
+async def test_a_gateway_that_cancels_and_leaves_gets_billed_what_it_said_it_delivered(
+    nc: Client, start_worker: StartWorker, route_name: str, read_usage_records: ReadUsageRecords
+) -> None:
+    # A gateway whose client stalled: it stopped reading a while ago (no check was answered),
+    # then cancels, naming the chunks its client took, and leaves.
+    server = await start_worker(ScriptedEngine(["x"] * 400, delay_seconds=0.01), route=route_name)
+    request = chat_request("go", route=route_name, max_tokens=400)
+    call = await InferenceCall.open(nc, "de", route_name, request)
+    assert (await call.next_chunk()).kind == ACCEPTED
+    for _ in range(5):
+        assert (await call.next_chunk()).kind == DELTA
+    await call.cancel(server.identity.worker_id, delivered_deltas=4)
+    await call.close()
+
+    record = (await read_usage_records(route_name, [request.transaction_id]))[
+        request.transaction_id
+    ]
+    assert record.finish_reason == inference_pb2.FINISH_REASON_CANCELLED
+    assert record.completion_tokens == 4
+    assert record.billable
+
+
 async def test_a_gateway_gone_before_the_first_token_is_not_billed(
     nc: Client, start_worker: StartWorker, route_name: str, read_usage_records: ReadUsageRecords
 ) -> None:

@@ -55,7 +55,7 @@ def test_waiting_job_can_be_withdrawn_but_a_running_one_cannot() -> None:
     withdrawn = queue.withdraw_waiting("waiting")
     assert withdrawn is not None and withdrawn.transaction_id == "waiting"
     assert queue.queued == 0
-    assert queue.is_running("running")
+    assert queue.running("running") is not None
 
 
 def test_sequence_numbers_after_accepted_start_at_one() -> None:

@@ -117,7 +117,11 @@ async def serve_chat(
         request, state, body, key, account_limits, region
     )
     transaction_id: str = request[TRANSACTION_KEY]
-    log.info("dispatched", route=route.name, region=region, country=stream.country)
+    # On the request's remaining lines, its access line included (one info line per request).
+    structlog.contextvars.bind_contextvars(
+        route=route.name, region=region, country=stream.country, worker_id=stream.worker_id
+    )
+    log.debug("dispatched")
     try:
         timing = _FirstToken(state, route.name, region, arrived)
         stream.delivers_deltas = body.stream

@@ -369,6 +369,7 @@ class ChatCompletionRequest(BaseModel):
             tool_choice=tool_choice_proto(self.tool_choice) if self.tools else None,
             single_tool_call=bool(self.tools) and self.parallel_tool_calls is False,
             reasoning=reasoning,
+            stream=self.stream,
         )
 
 
