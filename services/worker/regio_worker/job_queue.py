@@ -28,6 +28,8 @@ class Job:
     last_text_at: float | None = None
     # Messages the engine left out of the middle of the conversation (ContextCompressed).
     dropped_messages: int = 0
+    # Whether a DELTA chunk went out yet (the first one says how the prompt was compressed).
+    delta_sent: bool = False
     # Delta chunks the gateway said its client received when it cancelled the stream; None:
     # the gateway did not cancel it.
     delivered_at_cancel: int | None = None
@@ -40,7 +42,8 @@ class Job:
         """Sequence numbers of the chunks after ACCEPTED: 1, 2, ..."""
         return next(self._sequences)
 
-    def text_sent(self) -> None:
+    def output_generated(self) -> None:
+        """A piece of output came from the engine (sent now, or gathered for later)."""
         now = time.monotonic()
         if self.first_text_at is None:
             self.first_text_at = now

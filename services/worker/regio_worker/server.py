@@ -241,6 +241,7 @@ class WorkerServer:
                         job.dropped_messages = event.dropped_messages
                         continue
                     if isinstance(event, TextDelta):
+                        job.output_generated()
                         pieces += 1
                         if json_mode:
                             text.append(event.text)
@@ -253,6 +254,7 @@ class WorkerServer:
                         await self._send_delta(job, reader, gathered)
                     if isinstance(event, GenerationFinished):
                         return checked_json_output(event, "".join(text)) if json_mode else event
+                    job.output_generated()
                     pieces += 1
                     await self._send_delta(job, reader, event)
             message = "the engine ended without a result"
@@ -271,7 +273,8 @@ class WorkerServer:
         self, job: Job, reader: ReaderCheck, event: TextDelta | ReasoningDelta | ToolCallDelta
     ) -> None:
         # The gateway learns it before its first byte to the client.
-        dropped = job.dropped_messages if job.first_text_at is None else 0
+        dropped = 0 if job.delta_sent else job.dropped_messages
+        job.delta_sent = True
         sequence = job.next_sequence()
         if isinstance(event, ReasoningDelta):
             chunk = delta_chunk(
@@ -289,7 +292,6 @@ class WorkerServer:
                 dropped_messages=dropped,
                 logprobs=event.logprobs,
             )
-        job.text_sent()
         if not await self._reply(job.reply_subject, chunk):
             self._engine.abort(job.transaction_id)  # nobody can read it any more
         reader.sent()
