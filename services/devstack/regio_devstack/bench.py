@@ -35,7 +35,10 @@ from regio_worker.model_files import resolve_model_path
 
 MESSAGES = [{"role": "user", "content": "Write a long story about a dragon who lives by the sea."}]
 MAX_TOKENS = 64
-SINGLE_ROUNDS = 5
+SINGLE_ROUNDS = 10
+# Requests before the single-stream rounds (every server, (a) included): the first requests of
+# a fresh process pay one-off costs (first use of code paths, caches, connections).
+SINGLE_WARM_UP = 3
 CONCURRENCY = (1, 4, 8, 16)
 REQUESTS_PER_STREAM = 2
 SLOTS = 8  # llama-server --parallel and Regio's worker slots
@@ -82,7 +85,8 @@ def direct_single_stream(model_path: Path, threads: int) -> LoadResult:
         return first, time.perf_counter() - started, tokens
 
     try:
-        one()  # warm-up
+        for _ in range(SINGLE_WARM_UP):
+            one()
         started = time.perf_counter()
         samples = [StreamSample(*one()) for _ in range(SINGLE_ROUNDS)]
         return LoadResult(1, time.perf_counter() - started, samples, 0)
@@ -94,9 +98,11 @@ def measure(server: Server) -> dict[int, LoadResult]:
     body = {**BODY, "model": server.model}
 
     async def levels() -> dict[int, LoadResult]:
-        await run_streams(server.base_url, server.api_key, body, 1, 1)  # warm-up
+        await run_streams(server.base_url, server.api_key, body, 1, SINGLE_WARM_UP)
         results = {0: await run_streams(server.base_url, server.api_key, body, 1, SINGLE_ROUNDS)}
         for concurrency in CONCURRENCY:
+            # Every stream once first, so that each level is measured with its slots in use.
+            await run_streams(server.base_url, server.api_key, body, concurrency, 1)
             results[concurrency] = await run_streams(
                 server.base_url, server.api_key, body, concurrency, REQUESTS_PER_STREAM
             )
@@ -287,8 +293,9 @@ def main() -> None:
     print(
         f"model {model_path.name}; prompt {MESSAGES[0]['content']!r}; max_tokens {MAX_TOKENS}, "
         f"greedy; {threads} threads; {SLOTS} slots of {N_CTX_PER_SLOT} tokens for (c) and (d); "
-        f"{SINGLE_ROUNDS} single-stream rounds, {REQUESTS_PER_STREAM} requests per stream under "
-        "concurrency; each after a warm-up request"
+        f"{SINGLE_ROUNDS} single-stream rounds after {SINGLE_WARM_UP} warm-up requests; "
+        f"{REQUESTS_PER_STREAM} requests per stream under concurrency, after one request per "
+        "stream"
     )
     with tempfile.TemporaryDirectory(prefix="regio-bench-") as folder:
         logs = Path(folder)
