@@ -104,6 +104,7 @@ class BillingApp:
             self._ledger.settle,
             batch=settings.usage_fetch_batch,
             fetch_wait_seconds=self._usage_fetch_wait,
+            linger_seconds=settings.usage_linger_seconds,
             settle_batch=self._ledger.settle_batch,
             metrics=self.metrics,
             stream_replicas=settings.nats_stream_replicas,

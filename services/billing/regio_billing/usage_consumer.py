@@ -50,6 +50,8 @@ BATCHES_IN_FLIGHT = 2
 # Records delivered and not yet acked, at most (set when the durable consumer is created).
 MAX_ACK_PENDING = 4096
 SETTLED = SettleOutcome.SETTLED
+# How long the pull after a linger waits when nothing came meanwhile.
+LINGER_FETCH_SECONDS = 0.01
 # The `outcome` label of the settlements counter for each settle outcome.
 OUTCOME_LABELS = {
     SettleOutcome.SETTLED: "settled",
@@ -85,6 +87,7 @@ class UsageConsumer:
         settle_batch: SettleBatchFunction | None = None,
         metrics: BillingMetrics | None = None,
         stream_replicas: int = 1,
+        linger_seconds: float = 0.0,
     ) -> None:
         """`settle` settles one record (the fallback, and the only path without
         `settle_batch`); `settle_batch` settles a whole pull in one transaction."""
@@ -93,6 +96,7 @@ class UsageConsumer:
         self._settle_batch = settle_batch
         self._batch = batch
         self._fetch_wait = fetch_wait_seconds
+        self._linger = linger_seconds
         self._retry_delay = retry_delay_seconds
         self._metrics = metrics
         # Used when billing starts before any worker and creates the stream itself.
@@ -158,12 +162,24 @@ class UsageConsumer:
                     self._count_nats_error()
                     await asyncio.sleep(self._retry_delay)
                     continue
+                if len(messages) < self._batch and self._linger > 0:
+                    messages = [*messages, *await self._more(self._batch - len(messages))]
                 task = asyncio.create_task(self._handle_batch_safely(messages))
                 in_flight.add(task)
                 task.add_done_callback(in_flight.discard)
         finally:
             if in_flight:  # a stop lets the batches in progress commit and ack
                 await asyncio.gather(*in_flight, return_exceptions=True)
+
+    async def _more(self, room: int) -> list[Any]:
+        """After a short pull: the records that came within the linger (none on any error:
+        the pull at hand is settled as it is)."""
+        await asyncio.sleep(self._linger)
+        try:
+            more: list[Any] = await self._subscription.fetch(room, timeout=LINGER_FETCH_SECONDS)
+        except Exception:  # TimeoutError when nothing came; NATS trouble is met by the next pull
+            return []
+        return more
 
     async def _handle_batch_safely(self, messages: Sequence[Any]) -> None:
         try:

@@ -11,6 +11,7 @@ import pytest
 from regio.inference.v1 import inference_pb2
 from regio_billing.errors import HoldNotFound
 from regio_billing.results import SettleResult
+from regio_billing.settlement import SettledUsage, SettleOutcome
 from regio_billing.usage_consumer import UsageConsumer
 
 
@@ -95,3 +96,45 @@ async def test_a_malformed_record_is_acked_without_settling() -> None:
 
     assert settle.calls == []
     assert message.acks == ["ack"]
+
+
+class ShortPulls:
+    """A pull subscription whose first pull brings one record and the next whatever came
+    while the consumer lingered."""
+
+    def __init__(self, *pulls: list[DeliveredMessage]) -> None:
+        self.pulls = list(pulls)
+        self.asked: list[int] = []
+
+    async def fetch(self, batch: int, timeout: float) -> list[DeliveredMessage]:  # noqa: ASYNC109 (nats-py's signature)
+        self.asked.append(batch)
+        if not self.pulls:
+            raise TimeoutError
+        return self.pulls.pop(0)
+
+
+async def test_a_short_pull_lingers_for_more_records_and_settles_them_together() -> None:
+    settled: list[list[str]] = []
+
+    async def settle_batch(usages: Any) -> list[Any]:
+        settled.append([usage.transaction_id for usage in usages])
+        consumer_under_test._stopping = True  # one batch is enough
+        return [SettledUsage(usage, SettleOutcome.SETTLED, 1) for usage in usages]
+
+    js: Any = None
+    consumer_under_test = UsageConsumer(
+        js,
+        RecordingSettle(),
+        batch=8,
+        fetch_wait_seconds=1.0,
+        settle_batch=settle_batch,
+        linger_seconds=0.01,
+    )
+    first = [DeliveredMessage(record("txn-1"))]
+    came_meanwhile = [DeliveredMessage(record("txn-2")), DeliveredMessage(record("txn-3"))]
+    pulls = ShortPulls(first, came_meanwhile)
+    consumer_under_test._subscription = pulls
+    await consumer_under_test._run()
+
+    assert settled == [["txn-1", "txn-2", "txn-3"]]  # one transaction for the three
+    assert pulls.asked[:2] == [8, 7]  # the linger's pull asks for the room left

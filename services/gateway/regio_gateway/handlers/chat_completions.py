@@ -380,6 +380,7 @@ class _ChunkWriter:
         self._id = completion_id
         self._model = model
         self._created = int(time.time())
+        self._held = b""  # events written together with the next one
 
     async def send(
         self,
@@ -389,6 +390,24 @@ class _ChunkWriter:
         logprobs: ChoiceLogprobs | None = None,
         thinking_rescued: str | None = None,
     ) -> None:
+        event = self._event(delta, finish_reason, usage, logprobs, thinking_rescued)
+        if event:
+            await self.write_raw(event)
+
+    def hold(self, delta: ChoiceDelta) -> None:
+        """An event to go out with the next one (the role chunk with the first text: one
+        write, one TCP segment, instead of two)."""
+        self._held += self._event(delta)
+
+    def _event(
+        self,
+        delta: ChoiceDelta,
+        finish_reason: str | None = None,
+        usage: CompletionUsage | None = None,
+        logprobs: ChoiceLogprobs | None = None,
+        thinking_rescued: str | None = None,
+    ) -> bytes:
+        """The SSE event of one chunk in the answer's format (empty: nothing to say)."""
         choices = (
             []
             if usage is not None
@@ -403,8 +422,16 @@ class _ChunkWriter:
             thinking_rescued=thinking_rescued,
         )
         data = self._answers.chunk_json(chunk)
-        if data is not None:
-            await self.raw.write(_sse(data))
+        return b"" if data is None else _sse(data)
+
+    async def flush(self) -> None:
+        if self._held:
+            await self.write_raw(b"")
+
+    async def write_raw(self, data: bytes) -> None:
+        """Bytes after what is held (an error event, the end of the stream)."""
+        await self.raw.write(self._held + data)
+        self._held = b""
 
 
 async def _stream_answer(
@@ -482,7 +509,7 @@ async def _stream_events(
     timing: _FirstToken,
     writer: _ChunkWriter,
 ) -> None:
-    await writer.send(ChoiceDelta(role="assistant", content=""))
+    writer.hold(ChoiceDelta(role="assistant", content=""))
     try:
         async for chunk in chunks:
             timing.see(chunk)
@@ -493,6 +520,7 @@ async def _stream_events(
                         ChoiceLogprobs.from_proto(list(chunk.logprobs)) if body.logprobs else None
                     )
                     await writer.send(delta or ChoiceDelta(), logprobs=logprobs)
+                await writer.flush()  # the role chunk, should this chunk have shown nothing
                 continue
             if chunk.finish_reason == inference_pb2.FINISH_REASON_ERROR:
                 raise _worker_failure(chunk)
@@ -514,6 +542,6 @@ async def _stream_events(
         state.metrics.refused(error)
         if isinstance(error, UpstreamTimeout):
             await state.billing.release(request[TRANSACTION_KEY], "worker silent")
-        await writer.raw.write(_sse(json.dumps(error.envelope(), separators=(",", ":"))))
-    await writer.raw.write(_sse("[DONE]"))
+        await writer.write_raw(_sse(json.dumps(error.envelope(), separators=(",", ":"))))
+    await writer.write_raw(_sse("[DONE]"))
     await writer.raw.write_eof()
