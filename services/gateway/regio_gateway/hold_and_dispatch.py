@@ -19,13 +19,9 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 
-import structlog
-
 from regio.billing.v1 import billing_pb2
 from regio_common.errors import BillingUnavailable
 from regio_gateway.dispatch import Dispatcher, WorkerStream
-
-log = structlog.get_logger()
 
 # How long after billing refused an account (or failed) its requests hold before the offer.
 CAUTIOUS_SECONDS = 60.0
@@ -86,7 +82,7 @@ async def hold_and_dispatch(
     while billing decides."""
     if not speculate:
         held = await _held(hold)
-        return held, await _dispatched(dispatch, release)
+        return held, await _dispatched(dispatch(), release)
     offer = asyncio.ensure_future(dispatch())
     try:
         held = await _held(hold)
@@ -107,11 +103,10 @@ async def _held(
 
 
 async def _dispatched(
-    dispatch: Callable[[], Awaitable[WorkerStream]] | Awaitable[WorkerStream],
-    release: Callable[[str], Awaitable[None]],
+    offer: Awaitable[WorkerStream], release: Callable[[str], Awaitable[None]]
 ) -> WorkerStream:
     try:
-        return await (dispatch() if callable(dispatch) else dispatch)
+        return await offer
     except BaseException:
         await release("not dispatched")
         raise
