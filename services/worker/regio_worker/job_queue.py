@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from regio.inference.v1 import inference_pb2
-from regio_worker.engine.base import GenerationRequest
+from regio_worker.engine.base import GenerationRequest, TextDelta
 
 
 @dataclass
@@ -33,6 +33,8 @@ class Job:
     # Delta chunks the gateway said its client received when it cancelled the stream; None:
     # the gateway did not cancel it.
     delivered_at_cancel: int | None = None
+    # The last gathered text of an answer read at its end, sent with the FINAL chunk.
+    final_text: TextDelta | None = None
 
     @property
     def transaction_id(self) -> str:

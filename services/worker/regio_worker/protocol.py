@@ -14,6 +14,7 @@ from regio_worker.engine.base import (
     MediaPart,
     OutputFormat,
     ReasoningEffort,
+    TextDelta,
     TokenLogprob,
     ToolCall,
     ToolCallDelta,
@@ -175,12 +176,19 @@ def logprob_message(entry: TokenLogprob) -> inference_pb2.TokenLogprob:
 
 
 def final_chunk(
-    transaction_id: str, sequence: int, finished: GenerationFinished, dropped_messages: int = 0
+    transaction_id: str,
+    sequence: int,
+    finished: GenerationFinished,
+    dropped_messages: int = 0,
+    text: TextDelta | None = None,
 ) -> inference_pb2.InferenceChunk:
+    """`text`: the answer's last gathered text, when its client reads it only at the end."""
     return inference_pb2.InferenceChunk(
         transaction_id=transaction_id,
         sequence=sequence,
         kind=inference_pb2.CHUNK_KIND_FINAL,
+        text_delta=text.text if text is not None else "",
+        logprobs=[logprob_message(entry) for entry in text.logprobs] if text is not None else [],
         finish_reason=FINISH_REASON_TO_PROTO[finished.finish_reason],
         usage=usage_message(finished.usage),
         error_message=finished.error_message,

@@ -250,10 +250,11 @@ class WorkerServer:
                             await self._send_delta(job, reader, ready)
                         continue
                     gathered = gathering.flush()
+                    if isinstance(event, GenerationFinished):
+                        job.final_text = gathered  # goes with the FINAL chunk
+                        return checked_json_output(event, "".join(text)) if json_mode else event
                     if gathered is not None:
                         await self._send_delta(job, reader, gathered)
-                    if isinstance(event, GenerationFinished):
-                        return checked_json_output(event, "".join(text)) if json_mode else event
                     job.output_generated()
                     pieces += 1
                     await self._send_delta(job, reader, event)
@@ -304,7 +305,13 @@ class WorkerServer:
         chunk lost with a NATS outage), only what its client is known to have received is
         billed — nothing for an answer it never got."""
         await job.accepted.wait()
-        chunk = final_chunk(job.transaction_id, job.next_sequence(), finished, job.dropped_messages)
+        chunk = final_chunk(
+            job.transaction_id,
+            job.next_sequence(),
+            finished,
+            job.dropped_messages,
+            job.final_text,
+        )
         if reader is None:
             await self._reply(job.reply_subject, chunk)
         elif not await reader.confirm_final(

@@ -325,3 +325,14 @@ async def test_a_fallback_with_a_suffix_serves_when_the_first_model_cannot() -> 
     assert completion.model == "liv"
     (request,) = gateway.dispatcher.requests
     assert request.reasoning.effort == inference_pb2.Reasoning.EFFORT_MEDIUM
+
+
+async def test_a_json_answer_includes_the_text_of_its_final_chunk() -> None:
+    # A worker sends a JSON answer's last gathered text with the FINAL chunk.
+    last_text = final()
+    last_text.text_delta = "sunny."
+    script = [inference_pb2.InferenceChunk(kind=DELTA, text_delta="It is "), last_text]
+    async with client_of(script) as (_, client):
+        completion = await client.chat.completions.create(model="liv", messages=ASK)
+    assert completion.choices[0].message.content == "It is sunny."
+    assert completion.choices[0].finish_reason == "stop"
