@@ -31,3 +31,17 @@ async def answer_reader_check(nc: Client, msg: Msg, delivered_deltas: int) -> No
     # A lost answer only makes the worker ask again later: never an error of the stream.
     with contextlib.suppress(nats.errors.Error):
         await nc.publish(msg.reply, str(delivered_deltas).encode())
+
+
+# What NATS itself answers to a request on a subject without subscribers.
+NO_RESPONDERS_HEADERS = {"Status": "503"}
+
+
+async def answer_nobody_reads(nc: Client, msg: Msg) -> None:
+    """Tells the worker that no reader takes this stream any more, as NATS answers a request
+    nobody listens to ("no responders", status 503): the worker stops and bills only what was
+    delivered. For a gateway that receives every stream on one subscription."""
+    if not msg.reply:
+        return
+    with contextlib.suppress(nats.errors.Error):
+        await nc.publish(msg.reply, b"", headers=NO_RESPONDERS_HEADERS)

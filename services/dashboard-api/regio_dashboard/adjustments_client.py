@@ -21,7 +21,7 @@ class AdjustmentsClient(BillingRpcClient):
         )
         try:
             response: billing_pb2.AdjustCreditsResponse = await self._stub.AdjustCredits(
-                request, timeout=self._timeout
+                request, timeout=self._timeout, metadata=self._metadata
             )
         except grpc.aio.AioRpcError as error:
             if error.code() == grpc.StatusCode.INVALID_ARGUMENT:

@@ -42,7 +42,9 @@ class CreditsClient(BillingRpcClient):
 
     async def _call(self, method: object, request: object) -> billing_pb2.Balance:
         try:
-            response: billing_pb2.Balance = await method(request, timeout=self._timeout)  # type: ignore[operator]
+            response: billing_pb2.Balance = await method(
+                request, timeout=self._timeout, metadata=self._metadata
+            )  # type: ignore[operator]
         except grpc.aio.AioRpcError as error:
             if error.code() == grpc.StatusCode.INVALID_ARGUMENT:
                 raise InvalidRequest(error.details() or "Invalid credit request.") from None
@@ -160,7 +162,7 @@ class CreditsClient(BillingRpcClient):
         conflict: RegioError | None = None,
     ) -> Response:
         try:
-            return await method(request, timeout=self._timeout)
+            return await method(request, timeout=self._timeout, metadata=self._metadata)
         except grpc.aio.AioRpcError as error:
             raise _dashboard_error(error, not_found, conflict) from None
 

@@ -23,6 +23,7 @@ from regio_gateway.handlers.completions import create_completion
 from regio_gateway.handlers.models import health, list_models
 from regio_gateway.metrics import GatewayMetrics
 from regio_gateway.regions import endpoint_region
+from regio_gateway.reply_inbox import ReplyInbox
 from regio_gateway.settings import GatewaySettings
 from regio_gateway.state import STATE_KEY, GatewayState
 from regio_gateway.worker_registry import WorkerRegistry
@@ -50,6 +51,8 @@ async def build_state(settings: GatewaySettings) -> GatewayState:
         )
     config = ConfigStore(pepper=settings.api_key_pepper)
     await config.start(await config_bucket(nc.jetstream(), settings.nats_stream_replicas))
+    inbox = ReplyInbox(nc)
+    await inbox.start()
     return GatewayState.with_edge_protections(
         settings,
         catalogue=catalogue,
@@ -64,6 +67,7 @@ async def build_state(settings: GatewaySettings) -> GatewayState:
         ),
         dispatcher=Dispatcher(
             nc,
+            inbox,
             registry,
             accept_timeout=settings.dispatch_timeout_seconds,
             first_chunk_timeout=settings.first_token_timeout_seconds,

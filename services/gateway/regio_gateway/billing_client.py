@@ -71,7 +71,7 @@ class BillingClient(BillingRpcClient):
         )
         try:
             response: billing_pb2.ReserveResponse = await self._stub.Reserve(
-                request, timeout=self._timeout
+                request, timeout=self._timeout, metadata=self._metadata
             )
         except grpc.aio.AioRpcError as error:
             self._metrics.dependency_failed("billing")
@@ -100,6 +100,7 @@ class BillingClient(BillingRpcClient):
             await self._stub.Release(
                 billing_pb2.ReleaseRequest(transaction_id=transaction_id, reason=reason),
                 timeout=self._timeout,
+                metadata=self._metadata,
             )
         except grpc.aio.AioRpcError as error:
             self._metrics.dependency_failed("billing")

@@ -1,27 +1,26 @@
 """Hand a request to a worker over NATS and follow its stream of chunks.
 
-The request is published on the (country, route) queue-group subject with a private inbox as
-reply subject. The worker that takes it answers with an ACCEPTED chunk (sequence 0), then DELTA
-chunks and a FINAL chunk, in order. No subscriber at all is reported at once by the server
-(no-responders status); a silent worker by a timeout."""
+The request is published on the (country, route) queue-group subject with its own subject of
+the gateway's reply inbox as reply subject. The worker that takes it answers with an ACCEPTED
+chunk (sequence 0), then DELTA chunks and a FINAL chunk, in order. No subscriber at all is
+reported at once by the server (no-responders status); a silent worker by a timeout."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator
 
 import nats.errors
 import structlog
 from nats.aio.client import Client
 from nats.aio.msg import Msg
-from nats.aio.subscription import Subscription
 
 from regio.inference.v1 import inference_pb2
 from regio_common.errors import ServerError, ServiceUnavailable, UpstreamTimeout
 from regio_common.reader_check import answer_reader_check, confirm_final, is_reader_check
 from regio_common.subjects import cancel_subject, infer_subject, worker_infer_subject
 from regio_gateway.metrics import GatewayMetrics
+from regio_gateway.reply_inbox import Replies, ReplyInbox
 from regio_gateway.worker_registry import WorkerRegistry
 
 log = structlog.get_logger()
@@ -43,7 +42,7 @@ class WorkerStream:
     def __init__(
         self,
         nc: Client,
-        subscription: Subscription,
+        replies: Replies,
         accepted: inference_pb2.InferenceChunk,
         first_chunk_timeout: float,
         inter_chunk_timeout: float,
@@ -51,7 +50,7 @@ class WorkerStream:
     ) -> None:
         self._nc = nc
         self._metrics = metrics
-        self._subscription = subscription
+        self._replies = replies
         self.worker_id = accepted.worker_id
         self.country = accepted.country
         self.transaction_id = accepted.transaction_id
@@ -68,8 +67,8 @@ class WorkerStream:
         timeout = self._first_timeout
         while not self.finished:
             try:
-                msg = await self._subscription.next_msg(timeout=timeout)
-            except nats.errors.TimeoutError:
+                msg = await self._replies.next(timeout)
+            except TimeoutError:
                 await self.cancel()
                 raise UpstreamTimeout("The model worker stopped responding.") from None
             if is_reader_check(msg):
@@ -108,15 +107,14 @@ class WorkerStream:
             log.warning("cancel_publish_failed", error=str(error))
 
     async def close(self) -> None:
-        # Closing a subscription of an already closed connection is not an error here.
-        with contextlib.suppress(Exception):
-            await self._subscription.unsubscribe()
+        self._replies.close()
 
 
 class Dispatcher:
     def __init__(
         self,
         nc: Client,
+        inbox: ReplyInbox,
         registry: WorkerRegistry,
         accept_timeout: float,
         first_chunk_timeout: float,
@@ -124,6 +122,7 @@ class Dispatcher:
         metrics: GatewayMetrics,
     ) -> None:
         self._nc = nc
+        self._inbox = inbox
         self._metrics = metrics
         self._registry = registry
         self._accept_timeout = accept_timeout
@@ -184,39 +183,33 @@ class Dispatcher:
     async def _offer(
         self, payload: bytes, subject: str, country: str, route: str
     ) -> WorkerStream | None:
-        inbox = self._nc.new_inbox()
+        replies = self._inbox.open()
         try:
-            subscription = await self._nc.subscribe(inbox)
-        except nats.errors.Error:
-            self._metrics.dependency_failed("nats")
-            raise
-        try:
-            await self._nc.publish(subject, payload, reply=inbox)
-            msg = await subscription.next_msg(timeout=self._accept_timeout)
-        except nats.errors.TimeoutError:
+            await self._nc.publish(subject, payload, reply=replies.subject)
+            msg = await replies.next(self._accept_timeout)
+        except TimeoutError:
             log.warning("worker_accept_timeout", country=country, route=route)
-            await subscription.unsubscribe()
+            replies.close()
             return None
         except asyncio.CancelledError:
-            await subscription.unsubscribe()
+            replies.close()
             raise
         except nats.errors.Error:  # connection closed or its buffer full: still a 500
             self._metrics.dependency_failed("nats")
-            with contextlib.suppress(Exception):
-                await subscription.unsubscribe()
+            replies.close()
             raise
         if _no_responders(msg):
             log.warning("no_responders", country=country, route=route)
-            await subscription.unsubscribe()
+            replies.close()
             return None
         chunk = inference_pb2.InferenceChunk.FromString(msg.data)
         if chunk.kind != inference_pb2.CHUNK_KIND_ACCEPTED:
             log.warning("worker_rejected", country=country, reason=chunk.error_message)
-            await subscription.unsubscribe()
+            replies.close()
             return None
         return WorkerStream(
             self._nc,
-            subscription,
+            replies,
             chunk,
             self._first_chunk_timeout,
             self._inter_chunk_timeout,

@@ -62,7 +62,9 @@ class Calls:
 
 
 def dispatcher() -> Dispatcher:
-    return Dispatcher(cast(Any, None), cast(Any, None), 1.0, 1.0, 1.0, cast(Any, None))
+    return Dispatcher(
+        cast(Any, None), cast(Any, None), cast(Any, None), 1.0, 1.0, 1.0, cast(Any, None)
+    )
 
 
 async def test_the_offer_goes_out_while_billing_decides() -> None:

@@ -1,0 +1,82 @@
+"""One NATS subscription for the replies to every request this gateway dispatches.
+
+Each dispatched request gets its own subject under the gateway's inbox prefix; the worker's
+chunks, reader checks and FINAL chunk arrive there, in order. A subscription per request would
+cost a SUB and an UNSUB for every request, and nats-py's `next_msg` a task per message.
+
+A worker that asks something of a request no longer read here (its client left, its stream was
+given up) is answered as NATS answers a request to a subject nobody listens to: status 503, "no
+responders". The worker then knows its reader is gone, exactly as when it had its own inbox."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+
+import nats.errors
+import structlog
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+
+from regio_common.reader_check import answer_nobody_reads
+
+log = structlog.get_logger()
+
+
+class Replies:
+    """The messages of one dispatched request's subject, in arrival order."""
+
+    def __init__(self, subject: str, inbox: ReplyInbox) -> None:
+        self.subject = subject
+        self._inbox = inbox
+        self._messages: asyncio.Queue[Msg] = asyncio.Queue()
+
+    def deliver(self, msg: Msg) -> None:
+        self._messages.put_nowait(msg)
+
+    async def next(self, within_seconds: float) -> Msg:
+        """The next message; raises TimeoutError after `within_seconds` without one."""
+        async with asyncio.timeout(within_seconds):
+            return await self._messages.get()
+
+    def close(self) -> None:
+        """Later messages to this subject are answered "no responders" (or dropped)."""
+        self._inbox.forget(self.subject)
+
+
+class ReplyInbox:
+    def __init__(self, nc: Client) -> None:
+        self._nc = nc
+        self._prefix = nc.new_inbox()  # random: unique to this gateway process
+        self._tokens = itertools.count(1)
+        self._open: dict[str, Replies] = {}
+        self._subscription: Subscription | None = None
+
+    async def start(self) -> None:
+        self._subscription = await self._nc.subscribe(f"{self._prefix}.*", cb=self._route)
+
+    async def stop(self) -> None:
+        if self._subscription is not None:
+            with contextlib.suppress(nats.errors.Error):
+                await self._subscription.unsubscribe()
+
+    def open(self) -> Replies:
+        replies = Replies(f"{self._prefix}.{next(self._tokens)}", self)
+        self._open[replies.subject] = replies
+        return replies
+
+    def forget(self, subject: str) -> None:
+        self._open.pop(subject, None)
+
+    @property
+    def open_count(self) -> int:
+        return len(self._open)
+
+    async def _route(self, msg: Msg) -> None:
+        replies = self._open.get(msg.subject)
+        if replies is not None:
+            replies.deliver(msg)
+        elif msg.reply:
+            await answer_nobody_reads(self._nc, msg)
