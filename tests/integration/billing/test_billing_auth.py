@@ -24,7 +24,9 @@ class Client(BillingRpcClient):
 
     async def balance(self, account_id: str) -> billing_pb2.Balance:
         balance: billing_pb2.Balance = await self._stub.GetBalance(
-            billing_pb2.GetBalanceRequest(account_id=account_id), timeout=self._timeout
+            billing_pb2.GetBalanceRequest(account_id=account_id),
+            timeout=self._timeout,
+            metadata=self._metadata,
         )
         return balance
 
@@ -37,6 +39,7 @@ class Client(BillingRpcClient):
                 reference="auth test",
             ),
             timeout=self._timeout,
+            metadata=self._metadata,
         )
         return balance
 
