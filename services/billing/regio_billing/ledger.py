@@ -10,7 +10,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-import psycopg
 import structlog
 from psycopg import AsyncConnection
 from psycopg.rows import TupleRow
@@ -19,6 +18,8 @@ from regio_billing import lots, promotions, usage_windows
 from regio_billing.balances import read_balance
 from regio_billing.database import BillingPool
 from regio_billing.errors import HoldNotFound, IdempotencyConflict, require
+from regio_billing.hold_batching import HoldBatcher
+from regio_billing.hold_statements import PriceChanged
 from regio_billing.invariants import find_violations
 from regio_billing.journal import (
     PAYMENTS_ACCOUNT,
@@ -29,7 +30,6 @@ from regio_billing.journal import (
 from regio_billing.limited_reserve import HoldRequest, PricedHold, reserve_with_limits
 from regio_billing.metrics import BillingMetrics
 from regio_billing.price_versions import (
-    LATEST_VERSION_ID,
     PriceVersion,
     current_price_version,
     publish_prices,
@@ -65,10 +65,6 @@ INSUFFICIENT = ReserveOutcome.INSUFFICIENT_FUNDS
 SWEEP_BATCH = 500
 
 
-class _PriceChanged(Exception):
-    """The route's price changed since the version a hold was priced at."""
-
-
 @dataclass(frozen=True)
 class _Hold:
     transaction_id: str
@@ -85,8 +81,9 @@ class Ledger:
         self._pool = pool
         self._catalogue = catalogue
         self._metrics = metrics or BillingMetrics()
-        # Each route's price as of its last reserve; every hold re-checks it (_try_hold).
+        # Each route's price as of its last reserve; every hold re-checks it (hold_statements).
         self._price_versions: dict[str, PriceVersion] = {}
+        self._holds = HoldBatcher(pool, self._metrics)
         for problem in UsageProblem:
             self._metrics.usage_rejected.labels(problem.value)  # zero until the first one
 
@@ -147,48 +144,52 @@ class Ledger:
             max_completion_tokens=max_completion_tokens,
         )
         catalogued = Prices.of_route(catalogue_route)
-        async with self._pool.connection() as conn:
-            if limited:
+        hold: PricedHold | None
+        result: ReserveResult | None
+        if limited:
+            async with self._pool.connection() as conn:
                 result, hold = await reserve_with_limits(
                     conn, request, catalogued, key_limits, account_limits
                 )
-            else:
-                # One round trip for a new hold while the route's price is unchanged. A
-                # repeated transaction id is noticed by the hold's primary key (or, when the
-                # credit is used up, looked up before refusing) and answered with the first hold.
-                hold, result = await self._hold_at_current_price(conn, request, catalogued)
-            # (The limited path looked for an earlier hold under the account lock already.)
-            refused = not limited and result is not None and result.outcome is INSUFFICIENT
-            if result is None or refused:
+        else:
+            # One round trip for a new hold while the route's price is unchanged (shared with
+            # the account's concurrent holds, see hold_batching.py). A repeated transaction id
+            # is noticed by the hold's primary key (or, when the credit is used up, looked up
+            # before refusing) and answered with the first hold.
+            hold, result = await self._hold_at_current_price(request, catalogued)
+        # (The limited path looked for an earlier hold under the account lock already.)
+        refused = not limited and result is not None and result.outcome is INSUFFICIENT
+        if result is None or refused:
+            async with self._pool.connection() as conn:
                 existing = await self._existing_hold_result(conn, transaction_id, account_id)
-                if existing is not None:
-                    return existing
-                if result is None:
-                    raise RuntimeError(f"hold {transaction_id} vanished after a conflicting insert")
-            if result.limit is not None:
-                log.info(
-                    "reserve_limited",
-                    account_id=account_id,
-                    key_id=key_id,
-                    limit_kind=result.limit.kind.value,
-                    limit_scope=result.limit.scope.value,
-                    limit=result.limit.limit,
-                    used=result.limit.used,
-                    retry_after_ms=result.limit.retry_after_ms,
-                )
-            # A granted hold is the common case: its transaction's other lines tell of it.
-            decided = log.debug if result.outcome is ReserveOutcome.HELD else log.info
-            decided(
-                "reserve_decided",
+            if existing is not None:
+                return existing
+            if result is None:
+                raise RuntimeError(f"hold {transaction_id} vanished after a conflicting insert")
+        if result.limit is not None:
+            log.info(
+                "reserve_limited",
                 account_id=account_id,
-                outcome=result.outcome.value,
-                hold_nano=hold.amount_nano if hold is not None else result.held_nano,
-                available_nano=result.available_nano,
+                key_id=key_id,
+                limit_kind=result.limit.kind.value,
+                limit_scope=result.limit.scope.value,
+                limit=result.limit.limit,
+                used=result.limit.used,
+                retry_after_ms=result.limit.retry_after_ms,
             )
-            return result
+        # A granted hold is the common case: its transaction's other lines tell of it.
+        decided = log.debug if result.outcome is ReserveOutcome.HELD else log.info
+        decided(
+            "reserve_decided",
+            account_id=account_id,
+            outcome=result.outcome.value,
+            hold_nano=hold.amount_nano if hold is not None else result.held_nano,
+            available_nano=result.available_nano,
+        )
+        return result
 
     async def _hold_at_current_price(
-        self, conn: Connection, request: HoldRequest, catalogued: Prices
+        self, request: HoldRequest, catalogued: Prices
     ) -> tuple[PricedHold, ReserveResult | None]:
         """Hold at the route's current price, known from the last reserve of the route: the
         hold statement itself checks that it is still the latest version. Only a price change
@@ -196,68 +197,14 @@ class Ledger:
         version = self._price_versions.get(request.route)
         while True:
             if version is None:
-                version = await current_price_version(conn, request.route, catalogued)
+                async with self._pool.connection() as conn:
+                    version = await current_price_version(conn, request.route, catalogued)
                 self._price_versions[request.route] = version
             hold = PricedHold(request, version.prices)
             try:
-                return hold, await self._try_hold(conn, hold, version.version_id)
-            except _PriceChanged:
+                return hold, await self._holds.hold(hold, version.version_id)
+            except PriceChanged:
                 version = None
-
-    async def _try_hold(
-        self, conn: Connection, hold: PricedHold, price_version_id: int | None
-    ) -> ReserveResult | None:
-        """One statement, atomic on its own (the pool's connections autocommit): raise
-        held_nano only if the credit covers it and the hold's price version is still the
-        route's latest, and record the hold. One round trip and one commit, as a reserve sits
-        on the path of every request. Raises _PriceChanged when the version is not the latest.
-
-        None when a concurrent Reserve of the same transaction won: the hold's primary key then
-        fails the whole statement, so our increase of held_nano never happened."""
-        try:
-            # The row lock plus the re-checked WHERE make concurrent Reserves on one account
-            # serialise, so available credit can never go negative.
-            cursor = await conn.execute(
-                "WITH held AS ("
-                " UPDATE billing.accounts SET held_nano = held_nano + %(amount)s"
-                " WHERE account_id = %(account_id)s AND balance_nano - held_nano >= %(amount)s"
-                f" AND {LATEST_VERSION_ID} IS NOT DISTINCT FROM %(price_version_id)s::bigint"
-                " RETURNING balance_nano - held_nano AS available_after),"
-                " hold AS ("
-                " INSERT INTO billing.holds (transaction_id, account_id, route, region,"
-                " amount_nano, input_price_nano, output_price_nano, expires_at, key_id,"
-                " max_prompt_tokens, max_completion_tokens)"
-                " SELECT %(transaction_id)s, %(account_id)s, %(route)s, %(region)s, %(amount)s,"
-                " %(input_price)s, %(output_price)s, now() + make_interval(secs => %(ttl)s),"
-                " %(key_id)s, %(max_prompt)s, %(max_completion)s"
-                " FROM held)"
-                f" SELECT (SELECT available_after FROM held), {LATEST_VERSION_ID}",
-                {
-                    "amount": hold.amount_nano,
-                    "account_id": hold.request.account_id,
-                    "transaction_id": hold.request.transaction_id,
-                    "route": hold.request.route,
-                    "region": hold.request.region,
-                    "input_price": hold.prices.input_price_nano,
-                    "output_price": hold.prices.output_price_nano,
-                    "ttl": hold.request.ttl_seconds,
-                    "key_id": hold.request.key_id,
-                    "max_prompt": hold.request.max_prompt_tokens,
-                    "max_completion": hold.request.max_completion_tokens,
-                    "price_version_id": price_version_id,
-                },
-            )
-        except psycopg.errors.UniqueViolation:
-            return None
-        row = await cursor.fetchone()
-        assert row is not None  # (one row, always)
-        available_after: int | None = row[0]
-        if available_after is not None:
-            return ReserveResult(ReserveOutcome.HELD, hold.amount_nano, available_after)
-        if row[1] != price_version_id:
-            raise _PriceChanged
-        available = (await _balance(conn, hold.request.account_id)).available_nano
-        return ReserveResult(ReserveOutcome.INSUFFICIENT_FUNDS, 0, available)
 
     async def _existing_hold_result(
         self, conn: Connection, transaction_id: str, account_id: str

@@ -6,6 +6,7 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 RPC_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
+HOLD_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
 LAG_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
 
 
@@ -35,6 +36,13 @@ class BillingMetrics:
             "regio_billing_settlements",
             "Usage records handled, by outcome (settled, duplicate, rejected).",
             ["outcome"],
+            registry=self.registry,
+        )
+        self.holds_per_statement = Histogram(
+            "regio_billing_holds_per_statement",
+            "Holds written by one statement: above 1 when concurrent Reserves of one account "
+            "and route shared it (see hold_batching.py).",
+            buckets=HOLD_BATCH_BUCKETS,
             registry=self.registry,
         )
         self.usage_rejected = Counter(

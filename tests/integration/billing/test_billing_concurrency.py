@@ -72,6 +72,12 @@ async def test_parallel_reserves_hold_exactly_what_the_credit_covers(
         account,
     )
     assert rows == [(AFFORDABLE, AFFORDABLE * HOLD_NANO)]
+    # Concurrent holds of the one account shared statements: fewer statements than holds.
+    registry = billing.app.metrics.registry
+    holds_written = registry.get_sample_value("regio_billing_holds_per_statement_sum")
+    statements = registry.get_sample_value("regio_billing_holds_per_statement_count")
+    assert holds_written == AFFORDABLE
+    assert statements is not None and statements < AFFORDABLE
     # One more is refused: the credit is used up, not merely contended.
     late = await reserve(billing.stub, account, new_id("txn"))
     assert late.outcome == billing_pb2.RESERVE_OUTCOME_INSUFFICIENT_FUNDS
