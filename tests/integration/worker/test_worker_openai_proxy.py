@@ -55,6 +55,7 @@ class FakeUpstream:
     finish_reason: str = "stop"
     reasoning_tokens: int | None = None  # usage.completion_tokens_details, when set
     delay: float = 0.0
+    header_delay: float = 0.0  # before the response's headers (a long prompt being read)
     status: int = 200
     error_body: str = ""
     tokenize: bool = True
@@ -63,16 +64,19 @@ class FakeUpstream:
     authorizations: list[str | None] = field(default_factory=list)
     sent: int = 0
     disconnected: asyncio.Event = field(default_factory=asyncio.Event)
+    received: asyncio.Event = field(default_factory=asyncio.Event)  # a request came in
     url: str = ""
 
     async def chat(self, request: web.Request) -> web.StreamResponse:
         self.requests.append(await request.json())
+        self.received.set()
         self.authorizations.append(request.headers.get("Authorization"))
         if self.status != 200:
             return web.Response(status=self.status, text=self.error_body)
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
-        await response.prepare(request)
         try:
+            await asyncio.sleep(self.header_delay)
+            await response.prepare(request)
             for thought in self.reasoning:
                 await self._send(response, {"index": 0, "delta": {"reasoning_content": thought}})
             for piece in self.pieces:
@@ -229,6 +233,27 @@ async def test_cancel_closes_the_upstream_stream(
     assert final.usage.completion_tokens == deltas_received < 20
     await asyncio.wait_for(upstream.disconnected.wait(), timeout=2)
     assert upstream.sent < 20
+
+
+async def test_cancel_before_the_upstream_answers_stops_at_once(
+    nc: Client,
+    start_worker: StartWorker,
+    route_name: str,
+    upstream: FakeUpstream,
+    proxy: OpenAIProxyEngine,
+) -> None:
+    upstream.header_delay = 30.0  # still reading a long prompt
+    server = await start_worker(proxy, route=route_name)
+    call = await InferenceCall.open(nc, "de", route_name, chat_request("go", route=route_name))
+    assert (await call.next_chunk()).kind == ACCEPTED
+    await asyncio.wait_for(upstream.received.wait(), timeout=5)
+    await call.cancel(server.identity.worker_id)
+    (final,) = await call.until_end(wait_seconds=2)
+
+    assert (final.kind, final.finish_reason) == (FINAL, inference_pb2.FINISH_REASON_CANCELLED)
+    assert final.usage.completion_tokens == 0
+    await asyncio.wait_for(upstream.disconnected.wait(), timeout=2)
+    assert server.load().slots_busy == 0
 
 
 async def test_upstream_500_is_a_final_error_without_its_text(

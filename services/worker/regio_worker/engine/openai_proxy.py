@@ -614,6 +614,8 @@ def tokenize_url(base_url: str) -> str:
 class _Call:
     aborted: asyncio.Event = field(default_factory=asyncio.Event)
     response: aiohttp.ClientResponse | None = None
+    # The upstream call awaited before its response exists (see _unless_aborted).
+    pending: asyncio.Future[Any] | None = None
 
 
 @dataclass
@@ -838,6 +840,8 @@ class OpenAIProxyEngine(Engine):
         if call is None:
             return
         call.aborted.set()
+        if call.pending is not None:
+            call.pending.cancel()  # e.g. the upstream still reads a long prompt
         if call.response is not None:
             call.response.close()  # wakes a pending read; the upstream sees the disconnect
 
@@ -854,18 +858,18 @@ async def _unless_aborted(work: Awaitable[_T], call: _Call) -> _T:
     """`work`, or _Cancelled as soon as the call is aborted (e.g. while the upstream is still
     reading a long prompt before its response headers)."""
     task = asyncio.ensure_future(work)
-    aborted = asyncio.create_task(call.aborted.wait())
+    call.pending = task  # abort() cancels it
+    if call.aborted.is_set():
+        task.cancel()
     try:
-        await asyncio.wait({task, aborted}, return_when=asyncio.FIRST_COMPLETED)
+        return await task
+    except asyncio.CancelledError:
+        current = asyncio.current_task()
+        if call.aborted.is_set() and not (current is not None and current.cancelling()):
+            raise _Cancelled from None
+        raise  # this coroutine itself was cancelled
     finally:
-        aborted.cancel()
-        if not task.done():
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
-    if task.cancelled():
-        raise _Cancelled
-    return task.result()
+        call.pending = None
 
 
 async def _read_at_most(response: aiohttp.ClientResponse, limit: int) -> bytes:
