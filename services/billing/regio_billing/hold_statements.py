@@ -65,13 +65,9 @@ async def hold_one(
         )
     except psycopg.errors.UniqueViolation:
         return None
-    row = await cursor.fetchone()
-    assert row is not None  # (one row, always)
-    available_after: int | None = row[0]
+    available_after = await _available_after(cursor, price_version_id)
     if available_after is not None:
         return ReserveResult(ReserveOutcome.HELD, hold.amount_nano, available_after)
-    if row[1] != price_version_id:
-        raise PriceChanged
     available = (await read_balance(conn, hold.request.account_id)).available_nano
     return ReserveResult(ReserveOutcome.INSUFFICIENT_FUNDS, 0, available)
 
@@ -129,11 +125,20 @@ async def hold_together(
         )
     except psycopg.errors.UniqueViolation:
         return None
+    available_after = await _available_after(cursor, price_version_id)
+    if available_after is None:
+        return None
+    return [ReserveResult(ReserveOutcome.HELD, amount, available_after) for amount in amounts]
+
+
+async def _available_after(
+    cursor: psycopg.AsyncCursor[TupleRow], price_version_id: int | None
+) -> int | None:
+    """The credit available after the statement's holds; None when the credit did not cover
+    them. Raises PriceChanged when nothing was held because the version is not the latest."""
     row = await cursor.fetchone()
     assert row is not None  # (one row, always)
     available_after: int | None = row[0]
-    if available_after is not None:
-        return [ReserveResult(ReserveOutcome.HELD, amount, available_after) for amount in amounts]
-    if row[1] != price_version_id:
+    if available_after is None and row[1] != price_version_id:
         raise PriceChanged
-    return None
+    return available_after
