@@ -336,3 +336,16 @@ async def test_a_json_answer_includes_the_text_of_its_final_chunk() -> None:
         completion = await client.chat.completions.create(model="liv", messages=ASK)
     assert completion.choices[0].message.content == "It is sunny."
     assert completion.choices[0].finish_reason == "stop"
+
+
+async def test_an_answer_ended_by_its_first_token_still_has_a_time_to_first_token() -> None:
+    # The model's first token was the end of its turn: no text, one completion token.
+    ended_at_once = final()
+    ended_at_once.usage.completion_tokens = 1
+    async with client_of([ended_at_once]) as (gateway, client):
+        completion = await client.chat.completions.create(model="liv", messages=ASK)
+        count = gateway.metrics.registry.get_sample_value(
+            "regio_gateway_time_to_first_token_seconds_count", {"model": "liv", "region": "eu"}
+        )
+    assert completion.choices[0].message.content == ""
+    assert count == 1

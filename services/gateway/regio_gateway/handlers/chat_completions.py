@@ -255,7 +255,16 @@ class _FirstToken:
 
     def see(self, chunk: inference_pb2.InferenceChunk) -> None:
         if self._arrived is not None and (
-            chunk.text_delta or chunk.reasoning_delta or chunk.tool_calls
+            chunk.text_delta
+            or chunk.reasoning_delta
+            or chunk.tool_calls
+            # An answer whose first token ended it (e.g. end of turn at once): that token came
+            # with the FINAL chunk.
+            or (
+                chunk.kind == inference_pb2.CHUNK_KIND_FINAL
+                and chunk.finish_reason != inference_pb2.FINISH_REASON_ERROR
+                and chunk.usage.completion_tokens > 0
+            )
         ):
             elapsed = time.perf_counter() - self._arrived
             self._metrics.observe_first_token(self._model, self._region, elapsed)
