@@ -21,6 +21,23 @@ from regio_billing.results import ReserveOutcome, ReserveResult
 
 Connection = AsyncConnection[TupleRow]
 
+# Raises the account's held amount by %(amount)s if its credit covers it and the holds' price
+# version is still the route's latest; answers the credit available afterwards (no row: not held).
+_HOLD_ON_ACCOUNT = (
+    "held AS ("
+    " UPDATE billing.accounts SET held_nano = held_nano + %(amount)s"
+    " WHERE account_id = %(account_id)s AND balance_nano - held_nano >= %(amount)s"
+    f" AND {LATEST_VERSION_ID} IS NOT DISTINCT FROM %(price_version_id)s::bigint"
+    " RETURNING balance_nano - held_nano AS available_after)"
+)
+_HOLD_COLUMNS = (
+    "INSERT INTO billing.holds (transaction_id, account_id, route, region, amount_nano,"
+    " input_price_nano, output_price_nano, expires_at, key_id, max_prompt_tokens,"
+    " max_completion_tokens)"
+)
+# The statement's answer: (available after, or NULL when nothing was held; latest version).
+_ANSWER = f" SELECT (SELECT available_after FROM held), {LATEST_VERSION_ID}"
+
 
 class PriceChanged(Exception):
     """The route's price changed since the version a hold was priced at."""
@@ -34,20 +51,11 @@ async def hold_one(
     then fails the whole statement, so our increase of held_nano never happened."""
     try:
         cursor = await conn.execute(
-            "WITH held AS ("
-            " UPDATE billing.accounts SET held_nano = held_nano + %(amount)s"
-            " WHERE account_id = %(account_id)s AND balance_nano - held_nano >= %(amount)s"
-            f" AND {LATEST_VERSION_ID} IS NOT DISTINCT FROM %(price_version_id)s::bigint"
-            " RETURNING balance_nano - held_nano AS available_after),"
-            " hold AS ("
-            " INSERT INTO billing.holds (transaction_id, account_id, route, region,"
-            " amount_nano, input_price_nano, output_price_nano, expires_at, key_id,"
-            " max_prompt_tokens, max_completion_tokens)"
+            f"WITH {_HOLD_ON_ACCOUNT}, hold AS ({_HOLD_COLUMNS}"
             " SELECT %(transaction_id)s, %(account_id)s, %(route)s, %(region)s, %(amount)s,"
             " %(input_price)s, %(output_price)s, now() + make_interval(secs => %(ttl)s),"
             " %(key_id)s, %(max_prompt)s, %(max_completion)s"
-            " FROM held)"
-            f" SELECT (SELECT available_after FROM held), {LATEST_VERSION_ID}",
+            f" FROM held){_ANSWER}",
             {
                 "amount": hold.amount_nano,
                 "account_id": hold.request.account_id,
@@ -93,20 +101,11 @@ async def hold_together(
             " %(max_prompts)s::bigint[], %(max_completions)s::bigint[])"
             " AS w(transaction_id, region, amount_nano, ttl, key_id, max_prompt,"
             " max_completion)),"
-            " held AS ("
-            " UPDATE billing.accounts SET held_nano = held_nano + %(total)s"
-            " WHERE account_id = %(account_id)s AND balance_nano - held_nano >= %(total)s"
-            f" AND {LATEST_VERSION_ID} IS NOT DISTINCT FROM %(price_version_id)s::bigint"
-            " RETURNING balance_nano - held_nano AS available_after),"
-            " hold AS ("
-            " INSERT INTO billing.holds (transaction_id, account_id, route, region,"
-            " amount_nano, input_price_nano, output_price_nano, expires_at, key_id,"
-            " max_prompt_tokens, max_completion_tokens)"
+            f" {_HOLD_ON_ACCOUNT}, hold AS ({_HOLD_COLUMNS}"
             " SELECT w.transaction_id, %(account_id)s, %(route)s, w.region, w.amount_nano,"
             " %(input_price)s, %(output_price)s, now() + make_interval(secs => w.ttl),"
             " w.key_id, w.max_prompt, w.max_completion"
-            " FROM wanted w, held)"
-            f" SELECT (SELECT available_after FROM held), {LATEST_VERSION_ID}",
+            f" FROM wanted w, held){_ANSWER}",
             {
                 "transaction_ids": [hold.request.transaction_id for hold in holds],
                 "regions": [hold.request.region for hold in holds],
@@ -115,7 +114,7 @@ async def hold_together(
                 "key_ids": [hold.request.key_id for hold in holds],
                 "max_prompts": [hold.request.max_prompt_tokens for hold in holds],
                 "max_completions": [hold.request.max_completion_tokens for hold in holds],
-                "total": sum(amounts),
+                "amount": sum(amounts),
                 "account_id": first.account_id,
                 "route": first.route,
                 "input_price": holds[0].prices.input_price_nano,
