@@ -11,18 +11,12 @@ responders". The worker then knows its reader is gone, exactly as when it had it
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 
-import nats.errors
-import structlog
 from nats.aio.client import Client
 from nats.aio.msg import Msg
-from nats.aio.subscription import Subscription
 
 from regio_common.reader_check import answer_nobody_reads
-
-log = structlog.get_logger()
 
 
 class Replies:
@@ -52,15 +46,10 @@ class ReplyInbox:
         self._prefix = nc.new_inbox()  # random: unique to this gateway process
         self._tokens = itertools.count(1)
         self._open: dict[str, Replies] = {}
-        self._subscription: Subscription | None = None
 
     async def start(self) -> None:
-        self._subscription = await self._nc.subscribe(f"{self._prefix}.*", cb=self._route)
-
-    async def stop(self) -> None:
-        if self._subscription is not None:
-            with contextlib.suppress(nats.errors.Error):
-                await self._subscription.unsubscribe()
+        """Subscribes (for the connection's life: draining the connection ends it)."""
+        await self._nc.subscribe(f"{self._prefix}.*", cb=self._route)
 
     def open(self) -> Replies:
         replies = Replies(f"{self._prefix}.{next(self._tokens)}", self)

@@ -57,7 +57,6 @@ async def test_each_stream_reads_its_own_messages_in_order(
     first.close()
     second.close()
     assert inbox.open_count == 0
-    await inbox.stop()
 
 
 async def test_a_worker_learns_whether_its_stream_is_still_read(
@@ -92,4 +91,3 @@ async def test_a_worker_learns_whether_its_stream_is_still_read(
     await unread.settled()
     assert unread.gone and gone == [True]
     assert await reader_check(worker, left.subject, gone).confirm_final(b"final") is False
-    await inbox.stop()
