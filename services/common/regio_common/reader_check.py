@@ -33,8 +33,13 @@ async def answer_reader_check(nc: Client, msg: Msg, delivered_deltas: int) -> No
         await nc.publish(msg.reply, str(delivered_deltas).encode())
 
 
-# What NATS itself answers to a request on a subject without subscribers.
-NO_RESPONDERS_HEADERS = {"Status": "503"}
+# NATS's answer to a request on a subject nobody subscribes to: an empty message whose
+# `Status` header is 503.
+NO_RESPONDERS_STATUS = "503"
+
+
+def is_no_responders(msg: Msg) -> bool:
+    return msg.headers is not None and msg.headers.get("Status") == NO_RESPONDERS_STATUS
 
 
 async def answer_nobody_reads(nc: Client, msg: Msg) -> None:
@@ -44,4 +49,4 @@ async def answer_nobody_reads(nc: Client, msg: Msg) -> None:
     if not msg.reply:
         return
     with contextlib.suppress(nats.errors.Error):
-        await nc.publish(msg.reply, b"", headers=NO_RESPONDERS_HEADERS)
+        await nc.publish(msg.reply, b"", headers={"Status": NO_RESPONDERS_STATUS})

@@ -13,27 +13,26 @@ from collections.abc import AsyncIterator
 import nats.errors
 import structlog
 from nats.aio.client import Client
-from nats.aio.msg import Msg
 
 from regio.inference.v1 import inference_pb2
 from regio_common.errors import ServerError, ServiceUnavailable, UpstreamTimeout
-from regio_common.reader_check import answer_reader_check, confirm_final, is_reader_check
+from regio_common.reader_check import (
+    answer_reader_check,
+    confirm_final,
+    is_no_responders,
+    is_reader_check,
+)
 from regio_common.subjects import cancel_subject, infer_subject, worker_infer_subject
 from regio_gateway.metrics import GatewayMetrics
 from regio_gateway.reply_inbox import Replies, ReplyInbox
 from regio_gateway.worker_registry import WorkerRegistry
 
 log = structlog.get_logger()
-NO_RESPONDERS_STATUS = "503"
 # Workers asked directly before falling back to the queue groups.
 MAX_DIRECT_OFFERS = 4
 # Retry-After of a 503: a slot frees within seconds; a missing worker takes longer to start.
 BUSY_RETRY_AFTER_SECONDS = 1
 NO_WORKER_RETRY_AFTER_SECONDS = 5
-
-
-def _no_responders(msg: Msg) -> bool:
-    return msg.headers is not None and msg.headers.get("Status") == NO_RESPONDERS_STATUS
 
 
 class WorkerStream:
@@ -198,7 +197,7 @@ class Dispatcher:
             self._metrics.dependency_failed("nats")
             replies.close()
             raise
-        if _no_responders(msg):
+        if is_no_responders(msg):
             log.warning("no_responders", country=country, route=route)
             replies.close()
             return None

@@ -48,8 +48,11 @@ class ReplyInbox:
         self._open: dict[str, Replies] = {}
 
     async def start(self) -> None:
-        """Subscribes (for the connection's life: draining the connection ends it)."""
+        """Subscribes (for the connection's life: draining the connection ends it), and
+        returns once the server has the subscription: from then on, whatever any connection
+        publishes to the inbox arrives."""
         await self._nc.subscribe(f"{self._prefix}.*", cb=self._route)
+        await self._nc.flush()
 
     def open(self) -> Replies:
         replies = Replies(f"{self._prefix}.{next(self._tokens)}", self)

@@ -18,11 +18,15 @@ from nats.aio.subscription import Subscription
 from regio.inference.v1 import inference_pb2
 from regio_common.ids import new_transaction_id
 from regio_common.nats_connection import connect_nats
-from regio_common.reader_check import answer_reader_check, confirm_final, is_reader_check
+from regio_common.reader_check import (
+    answer_reader_check,
+    confirm_final,
+    is_no_responders,
+    is_reader_check,
+)
 from regio_common.subjects import cancel_subject, infer_subject
 
 END_KINDS = (inference_pb2.CHUNK_KIND_FINAL, inference_pb2.CHUNK_KIND_REJECTED)
-NO_RESPONDERS_STATUS = "503"  # the server's answer when nobody subscribes to the subject
 
 
 class NoRespondersError(RuntimeError):
@@ -53,7 +57,7 @@ class InferenceCall:
         while is_reader_check(msg):  # the worker asks whether we still read: we do
             await answer_reader_check(self._nc, msg, self._deltas_read)
             msg = await self._subscription.next_msg(timeout=wait_seconds)
-        if msg.headers and msg.headers.get("Status") == NO_RESPONDERS_STATUS:
+        if is_no_responders(msg):
             raise NoRespondersError(f"no worker subscribed to {msg.subject!r}: {msg.headers}")
         chunk = inference_pb2.InferenceChunk.FromString(msg.data)
         if chunk.kind == inference_pb2.CHUNK_KIND_DELTA:

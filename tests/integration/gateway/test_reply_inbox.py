@@ -46,6 +46,9 @@ async def test_each_stream_reads_its_own_messages_in_order(
     for index in range(20):
         await worker.publish(first.subject, f"a{index}".encode())
         await worker.publish(second.subject, f"b{index}".encode())
+    # nats-py writes a connection's publishes from a task of its own; on the first connection
+    # of a fresh server that task was seen not to run before the reads below timed out.
+    await worker.flush()
     assert [(await first.next(2.0)).data for _ in range(20)] == [
         f"a{index}".encode() for index in range(20)
     ]
