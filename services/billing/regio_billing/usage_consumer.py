@@ -3,13 +3,17 @@
 At-least-once delivery meets an idempotent settle: a record is acked only after its settlement
 committed, so a crash redelivers it, and the settlement's unique key absorbs the repeat.
 
-Throughput: each pull of up to `batch` records is settled in ONE database transaction (one
-commit, one fsync) when a batch settle function is given, then every record is acked. A record
-that cannot be settled must not hold the others back: malformed records and records without a
-hold are acked and counted as rejected, and a batch whose transaction fails for any reason
-other than an unreachable database is retried record by record (each validated like in a
-batch), so that only the bad record is redelivered. Records that contradict their hold (another
-account or route, see settlement.py) are acked and counted as rejected, never charged."""
+A message holds one record, or several (a UsageBatch: records that finished while the worker's
+previous publish was in flight); it is acked once all its records are settled.
+
+Throughput: the records of each pull of up to `batch` messages are settled in ONE database
+transaction (one commit, one fsync) when a batch settle function is given, then every message
+is acked. A record that cannot be settled must not hold the others back: malformed messages
+and records without a hold are acked and counted as rejected, and a pull whose transaction
+fails for any reason other than an unreachable database is retried record by record (each
+validated like in a batch), so that only the message of the bad record is redelivered (its
+other records are then found settled). Records that contradict their hold (another account or
+route, see settlement.py) are acked and counted as rejected, never charged."""
 
 from __future__ import annotations
 
@@ -26,7 +30,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from regio.inference.v1 import inference_pb2
 from regio_billing.metrics import BillingMetrics
-from regio_billing.records import MalformedUsageRecord, parse_usage_record
+from regio_billing.records import MalformedUsageRecord, parse_usage_message
 from regio_billing.results import SettleResult
 from regio_billing.settlement import SettledUsage, SettleOutcome, UsageToSettle
 from regio_common.errors import ClientError
@@ -193,13 +197,14 @@ class UsageConsumer:
             # Records of different transactions are independent: settle them side by side.
             await asyncio.gather(*(self._handle_safely(message) for message in messages))
             return
-        parsed: list[tuple[Any, inference_pb2.UsageRecord]] = []
-        for message in messages:
-            record = await self._parse_or_reject(message)
-            if record is not None:
-                parsed.append((message, record))
+        parsed = [
+            (message, record)
+            for message in messages
+            for record in await self._parse_or_reject(message)
+        ]
         if not parsed:
             return
+        delivered = list({id(message): message for message, _ in parsed}.values())
         usages = [_usage(record) for _, record in parsed]
         try:
             results = await self._settle_batch(usages)
@@ -207,7 +212,7 @@ class UsageConsumer:
             # The database is unreachable: every record would fail alike, so retry them later.
             self._count_database_error()
             log.warning("usage_batch_deferred", error=str(error), records=len(parsed))
-            for message, _ in parsed:
+            for message in delivered:
                 await self._nak(message)
             return
         except Exception as error:
@@ -215,12 +220,10 @@ class UsageConsumer:
             if isinstance(error, psycopg.Error):
                 self._count_database_error()
             log.exception("usage_batch_failed_settling_one_by_one", records=len(parsed))
-            await asyncio.gather(
-                *(self._settle_one_safely(message, record) for message, record in parsed)
-            )
+            await self._settle_each(parsed)
             return
         outcomes = self._record_outcomes([record for _, record in parsed], results, time.time())
-        for message, _ in parsed:  # an ack only queues a publish: no task per message needed
+        for message in delivered:  # an ack only queues a publish: no task per message needed
             await self._ack(message)
         # One line per pull (the per-record lines are at debug level: see settlement.py); it
         # names every record's transaction, so a request's life can still be followed in logs.
@@ -242,18 +245,26 @@ class UsageConsumer:
             log.exception("usage_record_handling_failed")
 
     async def handle(self, message: Any) -> None:
-        """Settle one record, then ack it; nak it for a retry when settling failed transiently."""
-        record = await self._parse_or_reject(message)
-        if record is not None:
-            await self._settle_one(message, record)
+        """Settle a message's records, then ack it; nak it for a retry when settling one of them
+        failed transiently."""
+        await self._settle_each(
+            [(message, record) for record in await self._parse_or_reject(message)]
+        )
 
-    async def _settle_one_safely(self, message: Any, record: inference_pb2.UsageRecord) -> None:
-        try:
-            await self._settle_one(message, record)
-        except Exception:
-            log.exception("usage_record_handling_failed")
+    async def _settle_each(self, parsed: Sequence[tuple[Any, inference_pb2.UsageRecord]]) -> None:
+        """Settle records one by one, side by side (those of different transactions are
+        independent); ack each message whose records are all done, nak the others."""
+        done = await asyncio.gather(*(self._settle_one(record) for _, record in parsed))
+        all_done: dict[int, tuple[Any, bool]] = {}
+        for (message, _), record_done in zip(parsed, done, strict=True):
+            _, message_done = all_done.get(id(message), (message, True))
+            all_done[id(message)] = (message, message_done and record_done)
+        for message, message_done in all_done.values():
+            await (self._ack(message) if message_done else self._nak(message))
 
-    async def _settle_one(self, message: Any, record: inference_pb2.UsageRecord) -> None:
+    async def _settle_one(self, record: inference_pb2.UsageRecord) -> bool:
+        """Settle one record: True when it is done with (settled, or never settleable), False
+        when it must come again."""
         with structlog.contextvars.bound_contextvars(transaction_id=record.transaction_id):
             try:
                 outcome, charged_nano = await self._settle_record(record)
@@ -266,25 +277,22 @@ class UsageConsumer:
                     route=record.route,
                 )
                 self._count("rejected")
-                await message.ack()
-                return
+                return True
             except psycopg.Error as error:
                 self._count_database_error()
                 log.warning("usage_settle_deferred", error=str(error), retry_in=self._retry_delay)
-                await message.nak(delay=self._retry_delay)
-                return
+                return False
             except Exception:
                 log.exception("usage_settle_failed", retry_in=self._retry_delay)
-                await message.nak(delay=self._retry_delay)
-                return
+                return False
             self._record_outcome(record, outcome, time.time())
-            await message.ack()
             log.info(
                 "usage_record_settled",
                 account_id=record.account_id,
                 charged_nano=charged_nano,
                 outcome=outcome.value,
             )
+            return True
 
     async def _settle_record(self, record: inference_pb2.UsageRecord) -> tuple[SettleOutcome, int]:
         """Settle one record: as a batch of one when batches are settled (so that it is
@@ -298,15 +306,15 @@ class UsageConsumer:
         outcome = SettleOutcome.DUPLICATE if settled.already_settled else SettleOutcome.SETTLED
         return outcome, settled.charged_nano
 
-    async def _parse_or_reject(self, message: Any) -> inference_pb2.UsageRecord | None:
-        """The record, or None after acking a payload that can never be settled."""
+    async def _parse_or_reject(self, message: Any) -> list[inference_pb2.UsageRecord]:
+        """The message's records, or none after acking a payload that can never be settled."""
         try:
-            return parse_usage_record(message.data)
+            return parse_usage_message(message.data, message.headers)
         except MalformedUsageRecord as error:
             log.error("usage_record_malformed", subject=message.subject, error=str(error))
             self._count("rejected")
             await message.ack()  # retrying can never succeed
-            return None
+            return []
 
     def _record_outcomes(
         self,

@@ -1,6 +1,11 @@
 """Usage records to JetStream, for billing. A record is retried with backoff until the stream
 acknowledges it: a lost record would leave the account's credit hold unsettled. The
-Nats-Msg-Id header (the transaction id) makes retries of a record that did arrive harmless."""
+Nats-Msg-Id header makes retries of a message that did arrive harmless.
+
+One message is in flight at a time; the records that finish meanwhile go together in the next
+one (a UsageBatch, see regio_common.usage_stream), so that under load the stream stores, and
+billing receives and acknowledges, one message for many requests. Nothing waits to fill a
+batch: a record finished when nothing is in flight goes at once, alone."""
 
 from __future__ import annotations
 
@@ -12,11 +17,12 @@ from google.protobuf.json_format import MessageToDict
 from nats.js import JetStreamContext
 
 from regio.inference.v1 import inference_pb2
-from regio_common.subjects import usage_subject
+from regio_common.usage_stream import usage_message
 
 log = structlog.get_logger()
 
-MSG_ID_HEADER = "Nats-Msg-Id"
+# Records in one message at most (a record is about 150 bytes: far below NATS's 1 MB).
+MAX_RECORDS_PER_MESSAGE = 64
 
 
 class UsagePublisher:
@@ -27,37 +33,57 @@ class UsagePublisher:
         ack_timeout_seconds: float = 5.0,
         first_retry_seconds: float = 0.5,
         max_retry_seconds: float = 30.0,
+        max_records_per_message: int = MAX_RECORDS_PER_MESSAGE,
     ) -> None:
         self._js = js
         self._ack_timeout = ack_timeout_seconds
         self._first_retry = first_retry_seconds
         self._max_retry = max_retry_seconds
-        self._pending: dict[asyncio.Task[None], inference_pb2.UsageRecord] = {}
+        self._max_records = max_records_per_message
+        self._queued: list[inference_pb2.UsageRecord] = []
+        self._in_flight: list[inference_pb2.UsageRecord] = []
+        self._sender: asyncio.Task[None] | None = None
 
     @property
     def pending(self) -> int:
-        return len(self._pending)
+        """Records not yet acknowledged by the stream."""
+        return len(self._queued) + len(self._in_flight)
 
     def submit(self, record: inference_pb2.UsageRecord) -> None:
         """Publish in the background, retrying until acknowledged."""
-        task = asyncio.create_task(self._publish_until_acknowledged(record))
-        self._pending[task] = record
-        task.add_done_callback(lambda done: self._pending.pop(done, None))
+        self._queued.append(record)
+        if self._sender is None:
+            self._sender = asyncio.create_task(self._send_queued(), name="usage-publisher")
 
-    async def _publish_until_acknowledged(self, record: inference_pb2.UsageRecord) -> None:
+    async def _send_queued(self) -> None:
+        try:
+            while self._queued:
+                self._in_flight = self._next_message_records()
+                await self._publish_until_acknowledged(self._in_flight)
+                self._in_flight = []
+        finally:
+            self._sender = None
+
+    def _next_message_records(self) -> list[inference_pb2.UsageRecord]:
+        """The oldest queued records of the oldest record's route (a worker serves one)."""
+        route = self._queued[0].route
+        taken = [record for record in self._queued if record.route == route][: self._max_records]
+        chosen = {id(record) for record in taken}
+        self._queued = [record for record in self._queued if id(record) not in chosen]
+        return taken
+
+    async def _publish_until_acknowledged(self, records: list[inference_pb2.UsageRecord]) -> None:
+        subject, payload, headers = usage_message(records)
         delay = self._first_retry
         for attempt in itertools.count(1):
             try:
                 ack = await self._js.publish(
-                    usage_subject(record.route),
-                    record.SerializeToString(),
-                    timeout=self._ack_timeout,
-                    headers={MSG_ID_HEADER: record.transaction_id},
+                    subject, payload, timeout=self._ack_timeout, headers=headers
                 )
             except Exception as error:  # timeout, no stream, disconnected...: retry
                 log.warning(
                     "usage_publish_failed",
-                    transaction_id=record.transaction_id,
+                    transaction_ids=[record.transaction_id for record in records],
                     attempt=attempt,
                     retry_in_seconds=delay,
                     error=repr(error),
@@ -67,7 +93,7 @@ class UsagePublisher:
                 continue
             log.debug(
                 "usage_published",
-                transaction_id=record.transaction_id,
+                transaction_ids=[record.transaction_id for record in records],
                 stream_sequence=ack.seq,
                 duplicate=bool(ack.duplicate),
                 attempt=attempt,
@@ -77,11 +103,16 @@ class UsagePublisher:
     async def wait_for_pending(self, timeout_seconds: float) -> None:
         """Wait for the records still being published. Any left after the timeout are logged
         in full, as errors, so that they can be replayed: never dropped silently."""
-        if not self._pending:
+        sender = self._sender
+        if sender is None:
             return
-        unsent = dict(self._pending)
-        _, unfinished = await asyncio.wait(unsent, timeout=timeout_seconds)
-        for task in unfinished:
-            task.cancel()
-            record = MessageToDict(unsent[task], preserving_proto_field_name=True)
-            log.error("usage_record_unsent", record=record)
+        _, unfinished = await asyncio.wait({sender}, timeout=timeout_seconds)
+        if not unfinished:
+            return
+        unsent = [*self._in_flight, *self._queued]
+        sender.cancel()
+        for record in unsent:
+            log.error(
+                "usage_record_unsent",
+                record=MessageToDict(record, preserving_proto_field_name=True),
+            )

@@ -6,6 +6,7 @@ from typing import Any
 
 from regio.inference.v1 import inference_pb2
 from regio_common.subjects import BILLING_USAGE_CONSUMER, USAGE_STREAM, usage_subject
+from regio_common.usage_stream import usage_message
 from tests.integration.billing.billing_helpers import (
     LIV_INPUT_NANO_PER_TOKEN,
     LIV_OUTPUT_NANO_PER_TOKEN,
@@ -101,6 +102,37 @@ async def test_duplicate_usage_records_charge_once(
     )
     assert rows == [(5_350,)]
     assert (await balance_of(billing.stub, account)).balance_nano == 1_000_000 - 5_350
+
+
+async def test_a_batch_of_records_in_one_message_settles_each_hold_once(
+    billing: RunningBilling, nats_client: Any
+) -> None:
+    account = new_id("acct")
+    transactions = [new_id("txn") for _ in range(3)]
+    await fund(billing.stub, account, 1_000_000)
+    for transaction in transactions:
+        await reserve(billing.stub, account, transaction)
+    records = [
+        inference_pb2.UsageRecord.FromString(usage_record(transaction, account, 100, 50))
+        for transaction in transactions
+    ]
+    subject, payload, headers = usage_message(records)
+
+    # Published twice, as a worker whose acknowledgement was lost: the stream drops the repeat.
+    js = nats_client.jetstream()
+    acks = [await js.publish(subject, payload, headers=headers) for _ in range(2)]
+    assert [bool(ack.duplicate) for ack in acks] == [False, True]
+    await wait_until_consumed(nats_client, acks[0].seq)
+
+    rows = await query(
+        billing.database_url,
+        "SELECT transaction_id, charged_nano FROM billing.settlements"
+        " WHERE transaction_id = ANY(%s) ORDER BY transaction_id",
+        transactions,
+    )
+    assert rows == [(transaction, 5_350) for transaction in sorted(transactions)]
+    balance = await balance_of(billing.stub, account)
+    assert (balance.balance_nano, balance.held_nano) == (1_000_000 - 3 * 5_350, 0)
 
 
 async def test_unsettleable_records_are_acked_not_looped(

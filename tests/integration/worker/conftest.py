@@ -22,14 +22,20 @@ from regio_common.catalogue import Catalogue, Route
 from regio_common.ids import new_worker_id
 from regio_common.settings import DEFAULT_CATALOGUE
 from regio_common.subjects import usage_subject
+from regio_common.usage_stream import usage_records
 from regio_devstack.servers import NatsServer
 from regio_worker.engine.base import Engine
 from regio_worker.model_files import resolve_model_path
 from regio_worker.protocol import WorkerIdentity
 from regio_worker.server import ReaderCheckTiming, WorkerServer
-from regio_worker.usage_publisher import MSG_ID_HEADER
 
-from .support import SHARED_MODELS_DIR, ReadUsageRecords, StartWorker
+from .support import (
+    SHARED_MODELS_DIR,
+    ReadUsageMessages,
+    ReadUsageRecords,
+    StartWorker,
+    UsageMessage,
+)
 
 
 @pytest.fixture
@@ -82,35 +88,50 @@ async def start_worker(nats_server: NatsServer) -> AsyncIterator[StartWorker]:
 
 
 @pytest.fixture
-async def read_usage_records(nc: Client) -> ReadUsageRecords:
-    """read_usage_records(route, transaction_ids): the route's usage records in JetStream by
-    their Nats-Msg-Id header; waits for those of `transaction_ids`, then briefly for more."""
+async def read_usage_messages(nc: Client) -> ReadUsageMessages:
+    """read_usage_messages(route, transaction_ids): the route's usage messages in JetStream
+    (headers and records); waits for the records of `transaction_ids`, then briefly for more."""
     js = nc.jetstream()
 
-    async def read(
-        route: str, transaction_ids: Collection[str]
-    ) -> dict[str, inference_pb2.UsageRecord]:
+    async def read(route: str, transaction_ids: Collection[str]) -> list[UsageMessage]:
         subscription = await js.subscribe(usage_subject(route), ordered_consumer=True)
-        records: dict[str, inference_pb2.UsageRecord] = {}
+        messages: list[UsageMessage] = []
+
+        def seen() -> set[str]:
+            return {r.transaction_id for message in messages for r in message.records}
+
         try:
-            while not set(transaction_ids) <= set(records):
-                _add_record(records, await subscription.next_msg(timeout=10))
+            while not set(transaction_ids) <= seen():
+                _add_message(messages, await subscription.next_msg(timeout=10))
             with contextlib.suppress(nats.errors.TimeoutError):
                 while True:
-                    _add_record(records, await subscription.next_msg(timeout=0.3))
+                    _add_message(messages, await subscription.next_msg(timeout=0.3))
         finally:
             await subscription.unsubscribe()
-        return records
+        return messages
 
     return read
 
 
-def _add_record(records: dict[str, inference_pb2.UsageRecord], msg: Msg) -> None:
-    message_id = (msg.headers or {}).get(MSG_ID_HEADER, "<no Nats-Msg-Id>")
+@pytest.fixture
+def read_usage_records(read_usage_messages: ReadUsageMessages) -> ReadUsageRecords:
+    """read_usage_records(route, transaction_ids): the route's usage records by transaction,
+    from the messages read_usage_messages reads."""
+
+    async def read(
+        route: str, transaction_ids: Collection[str]
+    ) -> dict[str, inference_pb2.UsageRecord]:
+        messages = await read_usage_messages(route, transaction_ids)
+        return {r.transaction_id: r for message in messages for r in message.records}
+
+    return read
+
+
+def _add_message(messages: list[UsageMessage], msg: Msg) -> None:
     # The stream is shared by the whole test session; other suites publish malformed records
     # on purpose (billing's poison-message tests).
     with contextlib.suppress(DecodeError):
-        records[message_id] = inference_pb2.UsageRecord.FromString(msg.data)
+        messages.append(UsageMessage(dict(msg.headers or {}), usage_records(msg.data, msg.headers)))
 
 
 @pytest.fixture(scope="session")

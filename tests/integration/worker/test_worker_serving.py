@@ -13,11 +13,12 @@ from nats.aio.client import Client
 from regio.inference.v1 import inference_pb2
 from regio_common.reader_check import is_reader_check
 from regio_common.subjects import heartbeat_subject, infer_subject
+from regio_common.usage_stream import MSG_ID_HEADER, USAGE_BATCH_HEADER
 from regio_worker.engine.scripted import ScriptedEngine
 from regio_worker.probe import InferenceCall, chat_request
 from regio_worker.server import ReaderCheckTiming
 
-from .support import ReadUsageRecords, StartWorker
+from .support import ReadUsageMessages, ReadUsageRecords, StartWorker
 
 ACCEPTED = inference_pb2.CHUNK_KIND_ACCEPTED
 DELTA = inference_pb2.CHUNK_KIND_DELTA
@@ -54,16 +55,17 @@ async def test_accepted_then_ordered_deltas_then_one_final_with_usage(
 
 
 async def test_usage_record_reaches_jetstream_with_the_transaction_as_message_id(
-    nc: Client, start_worker: StartWorker, route_name: str, read_usage_records: ReadUsageRecords
+    nc: Client, start_worker: StartWorker, route_name: str, read_usage_messages: ReadUsageMessages
 ) -> None:
     server = await start_worker(ScriptedEngine(["a", "b"]), route=route_name)
     request = chat_request("one two three", route=route_name, free_system_prompt="free")
     before_ms = int(time.time() * 1000)
     await (await InferenceCall.open(nc, "de", route_name, request)).until_end()
 
-    records = await read_usage_records(route_name, [request.transaction_id])
-    assert list(records) == [request.transaction_id]  # the Nats-Msg-Id header, once
-    record = records[request.transaction_id]
+    (message,) = await read_usage_messages(route_name, [request.transaction_id])
+    # A record alone is a plain UsageRecord, as billing of any version reads it.
+    assert message.headers == {MSG_ID_HEADER: request.transaction_id}
+    (record,) = message.records
     assert record.transaction_id == request.transaction_id
     assert (record.account_id, record.route, record.region) == ("probe", route_name, "probe")
     assert (record.country, record.worker_id) == ("de", server.identity.worker_id)
@@ -212,6 +214,30 @@ async def test_an_answer_whose_final_chunk_is_never_confirmed_is_not_billed(
     assert not record.billable
     assert record.unbilled_reason == "reader_gone"
     await silent.unsubscribe()
+
+
+async def test_records_finishing_during_a_publish_share_the_next_message(
+    nc: Client, start_worker: StartWorker, route_name: str, read_usage_messages: ReadUsageMessages
+) -> None:
+    await start_worker(ScriptedEngine(["x"], slots=40), route=route_name, queue_limit=40)
+    requests = [chat_request(f"request {n}", route=route_name) for n in range(40)]
+    calls = [await InferenceCall.open(nc, "de", route_name, request) for request in requests]
+    await asyncio.gather(*(call.until_end() for call in calls))
+
+    expected = [request.transaction_id for request in requests]
+    messages = await read_usage_messages(route_name, expected)
+    published = [r.transaction_id for message in messages for r in message.records]
+    assert sorted(published) == sorted(expected)  # each record once
+    assert len(messages) < len(expected)  # 40 requests ending together: batches formed
+    for message in messages:
+        if len(message.records) == 1:
+            assert message.headers == {MSG_ID_HEADER: message.records[0].transaction_id}
+            continue
+        count = len(message.records)
+        assert message.headers == {
+            MSG_ID_HEADER: f"{message.records[0].transaction_id}+{count}",
+            USAGE_BATCH_HEADER: str(count),
+        }
 
 
 async def test_cancel_of_a_queued_request_drops_it_with_zero_usage(

@@ -13,6 +13,7 @@ from regio_billing.errors import HoldNotFound
 from regio_billing.results import SettleResult
 from regio_billing.settlement import SettledUsage, SettleOutcome
 from regio_billing.usage_consumer import UsageConsumer
+from regio_common.usage_stream import usage_message
 
 
 @dataclass
@@ -20,6 +21,7 @@ class DeliveredMessage:
     """Stands in for a JetStream message: records how it was acknowledged."""
 
     data: bytes
+    headers: dict[str, str] | None = None
     subject: str = "regio.usage.liv"
     acks: list[str] = field(default_factory=list)
     nak_delays: list[float | None] = field(default_factory=list)
@@ -46,10 +48,23 @@ class RecordingSettle:
         return SettleResult(charged_nano=5_350, already_settled=False)
 
 
-def record(transaction_id: str = "txn-1") -> bytes:
+def usage(transaction_id: str) -> inference_pb2.UsageRecord:
     return inference_pb2.UsageRecord(
-        transaction_id=transaction_id, prompt_tokens=100, completion_tokens=50, billable=True
-    ).SerializeToString()
+        transaction_id=transaction_id,
+        route="liv",
+        prompt_tokens=100,
+        completion_tokens=50,
+        billable=True,
+    )
+
+
+def record(transaction_id: str = "txn-1") -> bytes:
+    return usage(transaction_id).SerializeToString()
+
+
+def batch_message(*transaction_ids: str) -> DeliveredMessage:
+    _, payload, headers = usage_message([usage(t) for t in transaction_ids])
+    return DeliveredMessage(payload, headers)
 
 
 def consumer(settle: RecordingSettle) -> UsageConsumer:
@@ -96,6 +111,67 @@ async def test_a_malformed_record_is_acked_without_settling() -> None:
 
     assert settle.calls == []
     assert message.acks == ["ack"]
+
+
+async def test_a_batch_message_is_acked_once_all_its_records_are_settled() -> None:
+    settle = RecordingSettle()
+    message = batch_message("txn-1", "txn-2", "txn-3")
+
+    await consumer(settle).handle(message)
+
+    assert sorted(call[0] for call in settle.calls) == ["txn-1", "txn-2", "txn-3"]
+    assert message.acks == ["ack"]
+
+
+class FailingFor(RecordingSettle):
+    """Settles every record but one, whose settlement fails transiently."""
+
+    def __init__(self, failing_transaction: str) -> None:
+        super().__init__()
+        self.failing_transaction = failing_transaction
+
+    async def __call__(
+        self, transaction_id: str, prompt: int, completion: int, billable: bool
+    ) -> SettleResult:
+        if transaction_id == self.failing_transaction:
+            raise psycopg.errors.SerializationFailure("could not serialize")
+        return await super().__call__(transaction_id, prompt, completion, billable)
+
+
+async def test_a_batch_message_with_a_record_to_retry_comes_again_whole() -> None:
+    settle = FailingFor("txn-2")
+    message = batch_message("txn-1", "txn-2", "txn-3")
+
+    await consumer(settle).handle(message)
+
+    # The others are settled now, and found settled (not charged again) on redelivery.
+    assert sorted(call[0] for call in settle.calls) == ["txn-1", "txn-3"]
+    assert message.acks == ["nak"]
+
+
+async def test_a_failed_pull_settles_record_by_record_and_naks_only_the_bad_message() -> None:
+    settled: list[str] = []
+
+    async def settle_batch(usages: Any) -> list[Any]:
+        if len(usages) > 1:
+            raise RuntimeError("a record the pull's statement cannot take")
+        (usage,) = usages
+        if usage.transaction_id == "txn-4":
+            raise psycopg.errors.SerializationFailure("could not serialize")
+        settled.append(usage.transaction_id)
+        return [SettledUsage(usage, SettleOutcome.SETTLED, 1)]
+
+    js: Any = None
+    under_test = UsageConsumer(
+        js, RecordingSettle(), batch=8, fetch_wait_seconds=1.0, settle_batch=settle_batch
+    )
+    good, bad = batch_message("txn-1", "txn-2"), batch_message("txn-3", "txn-4")
+    alone = DeliveredMessage(record("txn-5"))
+
+    await under_test.handle_batch([good, bad, alone])
+
+    assert sorted(settled) == ["txn-1", "txn-2", "txn-3", "txn-5"]
+    assert (good.acks, bad.acks, alone.acks) == (["ack"], ["nak"], ["ack"])
 
 
 class ShortPulls:
