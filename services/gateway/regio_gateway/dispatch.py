@@ -2,7 +2,9 @@
 
 The request is published on the (country, route) queue-group subject with its own subject of
 the gateway's reply inbox as reply subject. The worker that takes it answers with an ACCEPTED
-chunk (sequence 0), then DELTA chunks and a FINAL chunk, in order. No subscriber at all is
+chunk (sequence 0), then DELTA chunks and a FINAL chunk, in order; a worker that has output
+within a few milliseconds skips ACCEPTED and its first DELTA or FINAL chunk is the acceptance
+(the request says the gateway takes it so: accepted_by_first_chunk). No subscriber at all is
 reported at once by the server (no-responders status); a silent worker by a timeout."""
 
 from __future__ import annotations
@@ -13,10 +15,12 @@ from collections.abc import AsyncIterator
 import nats.errors
 import structlog
 from nats.aio.client import Client
+from nats.aio.msg import Msg
 
 from regio.inference.v1 import inference_pb2
 from regio_common.errors import ServerError, ServiceUnavailable, UpstreamTimeout
 from regio_common.reader_check import (
+    answer_nobody_reads,
     answer_reader_check,
     confirm_final,
     is_no_responders,
@@ -46,10 +50,14 @@ class WorkerStream:
         first_chunk_timeout: float,
         inter_chunk_timeout: float,
         metrics: GatewayMetrics,
+        first_output: tuple[Msg, inference_pb2.InferenceChunk] | None = None,
     ) -> None:
+        """`accepted`: the ACCEPTED chunk, or the first output chunk that accepted the request
+        (then also `first_output`, with its message, read before anything else)."""
         self._nc = nc
         self._metrics = metrics
         self._replies = replies
+        self._first_output = first_output
         self.worker_id = accepted.worker_id
         self.country = accepted.country
         self.transaction_id = accepted.transaction_id
@@ -65,16 +73,20 @@ class WorkerStream:
         expected = 1
         timeout = self._first_timeout
         while not self.finished:
-            try:
-                msg = await self._replies.next(timeout)
-            except TimeoutError:
-                await self.cancel()
-                raise UpstreamTimeout("The model worker stopped responding.") from None
-            if is_reader_check(msg):
-                # The worker bills what the client has received, should this gateway vanish.
-                await answer_reader_check(self._nc, msg, self._deltas_delivered)
-                continue
-            chunk = inference_pb2.InferenceChunk.FromString(msg.data)
+            if self._first_output is not None:
+                msg, chunk = self._first_output
+                self._first_output = None
+            else:
+                try:
+                    msg = await self._replies.next(timeout)
+                except TimeoutError:
+                    await self.cancel()
+                    raise UpstreamTimeout("The model worker stopped responding.") from None
+                if is_reader_check(msg):
+                    # The worker bills what the client has received, should this gateway vanish.
+                    await answer_reader_check(self._nc, msg, self._deltas_delivered)
+                    continue
+                chunk = inference_pb2.InferenceChunk.FromString(msg.data)
             if chunk.sequence != expected:
                 await self.cancel()
                 log.error("chunk_out_of_order", expected=expected, got=chunk.sequence)
@@ -106,6 +118,10 @@ class WorkerStream:
             log.warning("cancel_publish_failed", error=str(error))
 
     async def close(self) -> None:
+        if self._first_output is not None:  # a FINAL chunk never read: its worker bills nothing
+            msg, _ = self._first_output
+            self._first_output = None
+            await answer_nobody_reads(self._nc, msg)
         self._replies.close()
 
 
@@ -154,6 +170,7 @@ class Dispatcher:
         each country's queue group is asked, which also reaches workers whose first heartbeat
         has not arrived yet."""
         route = request.route
+        request.accepted_by_first_chunk = True  # this gateway reads such streams (see _offer)
         payload = request.SerializeToString()
         workers = self._registry.workers_by_preference(route, countries)
         for worker in workers[:MAX_DIRECT_OFFERS]:
@@ -202,7 +219,11 @@ class Dispatcher:
             replies.close()
             return None
         chunk = inference_pb2.InferenceChunk.FromString(msg.data)
-        if chunk.kind != inference_pb2.CHUNK_KIND_ACCEPTED:
+        if chunk.kind in _OUTPUT_KINDS:  # accepted by its first output (sequence 1)
+            first_output: tuple[Msg, inference_pb2.InferenceChunk] | None = (msg, chunk)
+        elif chunk.kind == inference_pb2.CHUNK_KIND_ACCEPTED:
+            first_output = None
+        else:
             log.warning("worker_rejected", country=country, reason=chunk.error_message)
             replies.close()
             return None
@@ -213,4 +234,8 @@ class Dispatcher:
             self._first_chunk_timeout,
             self._inter_chunk_timeout,
             self._metrics,
+            first_output,
         )
+
+
+_OUTPUT_KINDS = (inference_pb2.CHUNK_KIND_DELTA, inference_pb2.CHUNK_KIND_FINAL)

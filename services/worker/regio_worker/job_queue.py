@@ -19,8 +19,11 @@ class Job:
     request: inference_pb2.InferenceRequest
     generation: GenerationRequest
     reply_subject: str
-    # Set once ACCEPTED (sequence 0) is out, so that no later chunk can overtake it.
+    # Set once ACCEPTED (sequence 0) is out, so that no later chunk can overtake it, or once
+    # the first chunk carries the acceptance itself (see InferenceRequest.accepted_by_first_chunk).
     accepted: asyncio.Event = field(default_factory=asyncio.Event)
+    # Pending while ACCEPTED is delayed for the first output to say it instead.
+    accept_timer: asyncio.TimerHandle | None = None
     _sequences: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
     # Monotonic times, for the time to first token (queueing included) and the decode speed.
     admitted_at: float = field(default_factory=time.monotonic)

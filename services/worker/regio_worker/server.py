@@ -68,6 +68,13 @@ class ReaderCheckTiming:
     timeout_seconds: float = 5.0
 
 
+# A request whose gateway takes the first chunk as acceptance (accepted_by_first_chunk) and
+# that starts at once gets its ACCEPTED chunk only if it has no output within this time: an
+# answer faster than that (a fast upstream, a short answer) is one NATS message shorter. Far
+# below the gateway's accept timeout (REGIO_GATEWAY_ACCEPT_TIMEOUT_SECONDS, 3 s).
+ACCEPTED_DELAY_SECONDS = 0.02
+
+
 def _now_ms() -> int:
     return int(time.time() * 1000)
 
@@ -181,10 +188,38 @@ class WorkerServer:
                 return
             job = Job(request, generation_request(request), msg.reply)
             self._jobs.admit(job)
-            await self._reply(msg.reply, accepted_chunk(request.transaction_id, self.identity))
-            job.accepted.set()
+            if not request.accepted_by_first_chunk:
+                await self._accept(job)
             self._start_ready_jobs()
+            if request.accepted_by_first_chunk:
+                if self._jobs.running(job.transaction_id) is job:
+                    job.accept_timer = asyncio.get_running_loop().call_later(
+                        ACCEPTED_DELAY_SECONDS, self._accept_now, job
+                    )
+                else:  # queued: its gateway must know at once that it waits here
+                    await self._accept(job)
             log.debug("request_accepted", queued=self._jobs.queued, busy=self._jobs.busy)
+
+    async def _accept(self, job: Job) -> None:
+        await self._reply(job.reply_subject, accepted_chunk(job.transaction_id, self.identity))
+        job.accepted.set()
+
+    def _accept_now(self, job: Job) -> None:
+        """The request had no output within ACCEPTED_DELAY_SECONDS: ACCEPTED goes first."""
+        job.accept_timer = None
+        self._spawn(self._accept(job))
+
+    async def _ready_to_send(self, job: Job, chunk: inference_pb2.InferenceChunk) -> None:
+        """Waits for the stream's ACCEPTED chunk to be out, so that no chunk overtakes it; the
+        first chunk of a request whose ACCEPTED is still delayed is the acceptance itself."""
+        if job.accept_timer is None:
+            await job.accepted.wait()
+            return
+        job.accept_timer.cancel()
+        job.accept_timer = None
+        chunk.worker_id = self.identity.worker_id
+        chunk.country = self.identity.country
+        job.accepted.set()
 
     def _rejection_reason(self, request: inference_pb2.InferenceRequest) -> str | None:
         if request.route != self.identity.route:
@@ -293,6 +328,7 @@ class WorkerServer:
                 dropped_messages=dropped,
                 logprobs=event.logprobs,
             )
+        await self._ready_to_send(job, chunk)
         if not await self._reply(job.reply_subject, chunk):
             self._engine.abort(job.transaction_id)  # nobody can read it any more
         reader.sent()
@@ -304,7 +340,6 @@ class WorkerServer:
         generation, the gateway must confirm the FINAL chunk; if it does not (gone, or the
         chunk lost with a NATS outage), only what its client is known to have received is
         billed — nothing for an answer it never got."""
-        await job.accepted.wait()
         chunk = final_chunk(
             job.transaction_id,
             job.next_sequence(),
@@ -312,6 +347,7 @@ class WorkerServer:
             job.dropped_messages,
             job.final_text,
         )
+        await self._ready_to_send(job, chunk)
         if reader is None:
             await self._reply(job.reply_subject, chunk)
         elif not await reader.confirm_final(
