@@ -3,9 +3,9 @@
 - `upstream --port N`: a constant-answer OpenAI-compatible server (aiohttp). Non-streaming: one
   JSON completion with usage. Streaming: 8 content chunks, a finish chunk, a usage chunk, and
   `data: [DONE]`. It does no work, so whatever a proxy in front of it adds is the proxy's cost.
-- `load '<json>'`: an asyncio aiohttp client that sends a fixed number of chat completions at a
-  fixed concurrency and prints one JSON line of results (latencies, time to first content chunk,
-  errors, the usage each answer reported).
+- `load '<json>'`: an asyncio client (uvloop, the lean HTTP/1.1 of bench_http.py) that sends a
+  fixed number of chat completions at a fixed concurrency and prints one JSON line of results
+  (latencies, time to first content chunk, errors, the usage each answer reported).
 
 Each runs in its own process, so neither shares an event loop (or a core's GIL) with the other
 or with the bench's orchestration."""
@@ -19,8 +19,10 @@ import time
 from collections import Counter
 from typing import Any
 
-import aiohttp
+import uvloop
 from aiohttp import web
+
+from regio_devstack.bench_http import HttpConnection, prepared_post
 
 PIECES = ["The ", "sea ", "is ", "wide ", "and ", "the ", "wind ", "blows."]
 PROMPT_TOKENS = 12
@@ -30,6 +32,8 @@ USAGE = {
     "total_tokens": PROMPT_TOKENS + len(PIECES),
 }
 MODEL = "bench-upstream"
+# One request's limit; beyond it, it counts as an error and its connection is closed.
+REQUEST_TIMEOUT_SECONDS = 60.0
 
 
 # -- the upstream -----------------------------------------------------------------------------
@@ -100,14 +104,66 @@ async def _models(request: web.Request) -> web.Response:
     return web.json_response({"object": "list", "data": [{"id": MODEL, "object": "model"}]})
 
 
-def serve_upstream(port: int) -> None:
+def upstream_app() -> web.Application:
     app = web.Application()
     app.router.add_post("/v1/chat/completions", _chat)
     app.router.add_get("/v1/models", _models)
-    web.run_app(app, host="127.0.0.1", port=port, access_log=None, print=None)
+    return app
+
+
+def serve_upstream(port: int) -> None:
+    web.run_app(upstream_app(), host="127.0.0.1", port=port, access_log=None, print=None)
 
 
 # -- the load client --------------------------------------------------------------------------
+class _Answer:
+    """What one answer said, read piece by piece as its body arrives."""
+
+    def __init__(self, stream: bool, started: float) -> None:
+        self._stream = stream
+        self._started = started
+        self._pending = b""
+        self._body: list[bytes] = []
+        self.first: float | None = None  # seconds to the first content piece
+        self.text = ""
+        self.usage: dict[str, Any] | None = None
+        self.error: str | None = None
+
+    def take(self, piece: bytes) -> None:
+        if not self._stream:
+            self._body.append(piece)
+            return
+        lines = (self._pending + piece).split(b"\n")
+        self._pending = lines.pop()  # an unfinished line waits for the next piece
+        for line in lines:
+            self._event(line)
+
+    def _event(self, line: bytes) -> None:
+        if not line.startswith(b"data: ") or self.error is not None:
+            return
+        data = line[6:].strip()
+        if data == b"[DONE]":
+            return
+        event = json.loads(data)
+        if "error" in event:
+            self.error = "stream error event"
+            return
+        for choice in event.get("choices") or []:
+            piece = (choice.get("delta") or {}).get("content") or ""
+            if piece and self.first is None:
+                self.first = time.perf_counter() - self._started
+            self.text += piece
+        self.usage = event.get("usage") or self.usage
+
+    def finish(self) -> None:
+        if self._stream:
+            self._event(self._pending)
+            return
+        answer = json.loads(b"".join(self._body))
+        self.text = answer["choices"][0]["message"]["content"] or ""
+        self.usage = answer.get("usage")
+
+
 async def run_load(
     url: str, api_key: str, model: str, stream: bool, concurrency: int, count: int
 ) -> dict[str, Any]:
@@ -120,79 +176,56 @@ async def run_load(
     }
     if stream:
         body["stream_options"] = {"include_usage": True}
-    payload = json.dumps(body).encode()
-    headers = {"Authorization": f"Bearer {api_key}", "Content-Type": "application/json"}
+    host, port, request = prepared_post(
+        url,
+        json.dumps(body).encode(),
+        {"Authorization": f"Bearer {api_key}", "Content-Type": "application/json"},
+    )
     latencies: list[float] = []
     first_chunks: list[float] = []
     usages: list[list[int]] = []
     errors: Counter[str] = Counter()
     remaining = count
 
-    async def one(session: aiohttp.ClientSession) -> None:
+    async def one(connection: HttpConnection) -> None:
         started = time.perf_counter()
-        first: float | None = None
-        usage: dict[str, Any] | None = None
-        text = ""
+        answer = _Answer(stream, started)
         try:
-            async with session.post(url, data=payload, headers=headers) as response:
-                if response.status != 200:
-                    await response.read()
-                    errors[f"http {response.status}"] += 1
-                    return
-                if stream:
-                    async for line in response.content:
-                        if not line.startswith(b"data: "):
-                            continue
-                        data = line[6:].strip()
-                        if data == b"[DONE]":
-                            break
-                        event = json.loads(data)
-                        if "error" in event:
-                            errors["stream error event"] += 1
-                            return
-                        for choice in event.get("choices") or []:
-                            piece = (choice.get("delta") or {}).get("content") or ""
-                            if piece and first is None:
-                                first = time.perf_counter() - started
-                            text += piece
-                        usage = event.get("usage") or usage
-                else:
-                    answer = await response.json()
-                    text = answer["choices"][0]["message"]["content"] or ""
-                    usage = answer.get("usage")
-        except (TimeoutError, aiohttp.ClientError, ValueError, KeyError) as error:
+            async with asyncio.timeout(REQUEST_TIMEOUT_SECONDS):
+                status = await connection.exchange(request, answer.take)
+            if status != 200:
+                errors[f"http {status}"] += 1
+                return
+            answer.finish()
+        except (TimeoutError, OSError, asyncio.IncompleteReadError, ValueError, KeyError) as error:
+            connection.close()
             errors[type(error).__name__] += 1
             return
-        if text != "".join(PIECES):
+        if answer.error is not None:
+            errors[answer.error] += 1
+            return
+        if answer.text != "".join(PIECES):
             errors["wrong answer"] += 1
             return
-        if usage is None:
+        if answer.usage is None:
             errors["no usage"] += 1
             return
         latencies.append(time.perf_counter() - started)
-        if first is not None:
-            first_chunks.append(first)
-        usages.append([int(usage["prompt_tokens"]), int(usage["completion_tokens"])])
+        if answer.first is not None:
+            first_chunks.append(answer.first)
+        usages.append([int(answer.usage["prompt_tokens"]), int(answer.usage["completion_tokens"])])
 
-    async def loop(session: aiohttp.ClientSession) -> None:
+    async def loop(connection: HttpConnection) -> None:
         nonlocal remaining
-        while remaining > 0:
-            remaining -= 1
-            await one(session)
+        try:
+            while remaining > 0:
+                remaining -= 1
+                await one(connection)
+        finally:
+            connection.close()
 
     started = time.perf_counter()
-    sessions = [
-        aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=1),
-            timeout=aiohttp.ClientTimeout(total=60),
-        )
-        for _ in range(concurrency)
-    ]
-    try:
-        await asyncio.gather(*(loop(session) for session in sessions))
-    finally:
-        for session in sessions:
-            await session.close()
+    await asyncio.gather(*(loop(HttpConnection(host, port)) for _ in range(concurrency)))
     return {
         "elapsed": time.perf_counter() - started,
         "latencies": latencies,
@@ -214,7 +247,7 @@ def main() -> None:
         serve_upstream(args.port)
     else:
         spec = json.loads(args.spec)
-        print(json.dumps(asyncio.run(run_load(**spec))))
+        print(json.dumps(uvloop.run(run_load(**spec))))
 
 
 if __name__ == "__main__":
