@@ -28,7 +28,7 @@ PERMISSION_DENIED_MESSAGE = "this billing client may not call this method"
 GATEWAY_CLIENT = "gateway"
 # The gateway's methods; other clients have no allowlist.
 ALLOWED_METHODS: Mapping[str, frozenset[str]] = {
-    GATEWAY_CLIENT: frozenset({"Reserve", "Release", "Settle", "GetBalance"}),
+    GATEWAY_CLIENT: frozenset({"Reserve", "ReserveMany", "Release", "Settle", "GetBalance"}),
 }
 UNKNOWN_CLIENT = "unknown"
 

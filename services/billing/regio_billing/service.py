@@ -3,9 +3,12 @@ Errors are mapped to status codes by interceptors.DomainErrorInterceptor."""
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime
 from typing import Any
 
+import psycopg
+import structlog
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from regio.billing.v1 import billing_pb2, billing_pb2_grpc
@@ -18,6 +21,8 @@ from regio_billing.results import BalanceSnapshot, ReserveOutcome, ReserveResult
 from regio_billing.statements_rpc import StatementRpcs
 from regio_billing.usage_limits import LimitKind, ScopeKind, UsageLimits
 from regio_common.errors import InvalidRequest
+
+log = structlog.get_logger()
 
 OUTCOME_TO_PROTO = {
     ReserveOutcome.HELD: billing_pb2.RESERVE_OUTCOME_HELD,
@@ -149,6 +154,31 @@ class BillingService(billing_pb2_grpc.BillingServicer):
         if result.limit is not None:
             self._metrics.reserve_refusals.labels(limit_refusal_reason(result.limit.kind)).inc()
         return reserve_response(result)
+
+    async def ReserveMany(
+        self, request: billing_pb2.ReserveManyRequest, context: Any
+    ) -> billing_pb2.ReserveManyResponse:
+        """Each Reserve side by side (those of one account then share a statement, see
+        hold_batching.py), each answered on its own: one that fails (an invalid request, a
+        database error) answers UNSPECIFIED and holds nothing, the others are unaffected."""
+        answers = await asyncio.gather(
+            *(self._reserve_in_many(one, context) for one in request.requests)
+        )
+        return billing_pb2.ReserveManyResponse(responses=answers)
+
+    async def _reserve_in_many(
+        self, request: billing_pb2.ReserveRequest, context: Any
+    ) -> billing_pb2.ReserveResponse:
+        with structlog.contextvars.bound_contextvars(transaction_id=request.transaction_id):
+            try:
+                return await self.Reserve(request, context)
+            except (InvalidRequest, IdempotencyConflict) as error:  # counted by Reserve
+                log.info("reserve_refused", detail=str(error))
+            except Exception as error:
+                if isinstance(error, psycopg.Error):
+                    self._metrics.database_errors.inc()
+                log.exception("reserve_failed")
+        return billing_pb2.ReserveResponse()  # RESERVE_OUTCOME_UNSPECIFIED
 
     async def Release(
         self, request: billing_pb2.ReleaseRequest, context: Any

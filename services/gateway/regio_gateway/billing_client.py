@@ -5,6 +5,7 @@ Fails closed: if billing cannot be reached, the request is refused with 503."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 
 import grpc
 import structlog
@@ -16,6 +17,7 @@ from regio_common.errors import BillingUnavailable, InsufficientBudget, ModelNot
 from regio_common.ops_server import NotReady
 from regio_gateway.metrics import GatewayMetrics
 from regio_gateway.rate_limits import LimitRefusal, limits_to_proto
+from regio_gateway.reserve_batching import ReserveBatcher
 
 log = structlog.get_logger()
 
@@ -29,6 +31,31 @@ class BillingClient(BillingRpcClient):
     ) -> None:
         super().__init__(address, timeout_seconds, token=token)
         self._metrics = metrics
+        self._reserves = ReserveBatcher(self._reserve_one, self._reserve_many)
+
+    async def _reserve_one(
+        self, request: billing_pb2.ReserveRequest
+    ) -> billing_pb2.ReserveResponse:
+        response: billing_pb2.ReserveResponse = await self._stub.Reserve(
+            request, timeout=self._timeout, metadata=self._metadata
+        )
+        return response
+
+    async def _reserve_many(
+        self, requests: Sequence[billing_pb2.ReserveRequest]
+    ) -> Sequence[billing_pb2.ReserveResponse]:
+        try:
+            response: billing_pb2.ReserveManyResponse = await self._stub.ReserveMany(
+                billing_pb2.ReserveManyRequest(requests=requests),
+                timeout=self._timeout,
+                metadata=self._metadata,
+            )
+        except grpc.aio.AioRpcError as error:
+            if error.code() != grpc.StatusCode.UNIMPLEMENTED:
+                raise
+            # A billing of an earlier version (during an upgrade): each Reserve on its own.
+            return await asyncio.gather(*(self._reserve_one(request) for request in requests))
+        return response.responses
 
     async def check_reachable(self) -> None:
         """Readiness: the channel to billing is connected (or connects within a moment)."""
@@ -70,9 +97,7 @@ class BillingClient(BillingRpcClient):
             account_limits=limits_to_proto(account_limits),
         )
         try:
-            response: billing_pb2.ReserveResponse = await self._stub.Reserve(
-                request, timeout=self._timeout, metadata=self._metadata
-            )
+            response = await self._reserves.reserve(request)
         except grpc.aio.AioRpcError as error:
             self._metrics.dependency_failed("billing")
             log.error("billing_reserve_failed", grpc_code=error.code().name, detail=error.details())
@@ -91,6 +116,9 @@ class BillingClient(BillingRpcClient):
         if response.outcome == billing_pb2.RESERVE_OUTCOME_UNKNOWN_ROUTE:
             raise ModelNotFound(f"The model '{route}' does not exist.", param="model")
         if response.outcome != billing_pb2.RESERVE_OUTCOME_HELD:
+            # In a ReserveMany call: this Reserve failed alone (billing logged why).
+            self._metrics.dependency_failed("billing")
+            log.error("billing_reserve_failed", grpc_code="OK", detail="no outcome")
             raise BillingUnavailable("Billing gave no answer; the request was not served.")
         return response
 

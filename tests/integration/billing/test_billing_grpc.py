@@ -89,6 +89,44 @@ async def test_reserve_on_an_unknown_route(billing: RunningBilling) -> None:
     assert (await balance_of(billing.stub, account)).held_nano == 0
 
 
+async def test_reserve_many_answers_each_reserve_as_reserve_would_in_order(
+    billing: RunningBilling,
+) -> None:
+    account, poor = new_id("acct"), new_id("acct")
+    await fund(billing.stub, account, 3 * HOLD_100_50)
+    await fund(billing.stub, poor, HOLD_100_50 - 1)
+
+    def one(account_id: str, transaction_id: str, route: str = "liv") -> billing_pb2.ReserveRequest:
+        return billing_pb2.ReserveRequest(
+            transaction_id=transaction_id,
+            account_id=account_id,
+            route=route,
+            region="eu",
+            max_prompt_tokens=100,
+            max_completion_tokens=50,
+            ttl_seconds=60,
+        )
+
+    requests = [
+        one(account, new_id("txn")),
+        one(poor, new_id("txn")),
+        one(account, new_id("txn"), route="no-such-route"),
+        one(account, ""),  # invalid: Reserve would answer INVALID_ARGUMENT
+        one(account, new_id("txn")),
+    ]
+    answer = await billing.stub.ReserveMany(billing_pb2.ReserveManyRequest(requests=requests))
+
+    assert [response.outcome for response in answer.responses] == [
+        HELD,
+        INSUFFICIENT,
+        billing_pb2.RESERVE_OUTCOME_UNKNOWN_ROUTE,
+        billing_pb2.RESERVE_OUTCOME_UNSPECIFIED,
+        HELD,
+    ]
+    assert (await balance_of(billing.stub, account)).held_nano == 2 * HOLD_100_50
+    assert (await balance_of(billing.stub, poor)).held_nano == 0
+
+
 async def test_reserve_is_idempotent_per_transaction(billing: RunningBilling) -> None:
     account = new_id("acct")
     transaction = new_id("txn")

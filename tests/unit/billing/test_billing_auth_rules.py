@@ -34,7 +34,7 @@ def test_a_token_names_its_client() -> None:
     assert client_of("", {"odd": b""}) is None  # an empty token never authenticates
 
 
-@pytest.mark.parametrize("method", ["Reserve", "Release", "Settle", "GetBalance"])
+@pytest.mark.parametrize("method", ["Reserve", "ReserveMany", "Release", "Settle", "GetBalance"])
 def test_the_gateway_may_call_the_request_path(method: str) -> None:
     assert may_call("gateway", method)
 

@@ -77,6 +77,13 @@ class FakeBillingStub:
         self.reserves.append(request)
         return self.answers.pop(0) if self.answers else held()
 
+    async def ReserveMany(
+        self, request: billing_pb2.ReserveManyRequest, **call_options: Any
+    ) -> billing_pb2.ReserveManyResponse:
+        return billing_pb2.ReserveManyResponse(
+            responses=[await self.Reserve(one) for one in request.requests]
+        )
+
     async def Release(
         self, request: billing_pb2.ReleaseRequest, **call_options: Any
     ) -> billing_pb2.ReleaseResponse:
