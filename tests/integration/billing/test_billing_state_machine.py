@@ -264,7 +264,9 @@ class LedgerMachine(RuleBasedStateMachine):
             hold.status = "released"
             self.model.held[hold.account] -= hold.amount
 
-    @precondition(lambda self: bool(self.holds("open")))  # open holds must keep their price
+    # No precondition (e.g. "some hold is open"): hypothesis draws from constants it finds in
+    # the modules loaded, so even with derandomize the sequence changes with the code around
+    # it, and a rule that is only sometimes eligible was seen never to run.
     @rule(
         # Up to €100 per 1M tokens: dear enough to refuse a hold now and then.
         input_price=st.integers(0, 10**5).map(lambda n: n * 10**6),
