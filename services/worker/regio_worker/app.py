@@ -132,6 +132,7 @@ def build_openai_proxy_engine(settings: WorkerSettings) -> Engine:
         model=settings.upstream_model,
         max_concurrency=settings.upstream_max_concurrency,
         timeout_seconds=settings.upstream_timeout_seconds,
+        answer_timeout_seconds=settings.upstream_answer_timeout_seconds,
     )
 
 

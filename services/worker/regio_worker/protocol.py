@@ -112,6 +112,7 @@ def generation_request(request: inference_pb2.InferenceRequest) -> GenerationReq
         parallel_tool_calls=not request.single_tool_call,
         reasoning_effort=REASONING_EFFORTS[request.reasoning.effort],
         reasoning_budget=request.reasoning.budget_tokens or None,
+        stream=request.stream,
     )
 
 

@@ -149,7 +149,13 @@ class WorkerSettings(LoggingSettings, NatsSettings, CatalogueSettings):
         60.0,
         gt=0,
         description="openai_proxy: seconds allowed to connect, and between two reads of the "
-        "upstream's answer (not for the whole generation).",
+        "upstream's streamed answer (not for the whole generation).",
+    )
+    upstream_answer_timeout_seconds: float = Field(
+        600.0,
+        gt=0,
+        description="openai_proxy: seconds allowed for a whole non-streamed answer (asked for "
+        "when the client does not stream: the upstream answers once the generation is done).",
     )
 
     @model_validator(mode="after")

@@ -26,8 +26,13 @@ from regio_worker.engine.base import (
     GenerationRequest,
     ReasoningDelta,
     TextDelta,
+    ToolCallDelta,
 )
-from regio_worker.engine.openai_proxy import SYSTEM_MESSAGE_OVERHEAD_TOKENS, OpenAIProxyEngine
+from regio_worker.engine.openai_proxy import (
+    MESSAGE_TIMEOUT,
+    SYSTEM_MESSAGE_OVERHEAD_TOKENS,
+    OpenAIProxyEngine,
+)
 from regio_worker.probe import InferenceCall, chat_request
 
 from .support import ReadUsageRecords, StartWorker
@@ -47,7 +52,8 @@ class FakeUpstream:
     """Answers every chat completion with `reasoning` pieces (as llama-server's
     delta.reasoning_content), then PIECES (or `pieces`), then `tool_calls` chunks (each a
     delta.tool_calls list), `delay` seconds apart, then a finish chunk, a usage chunk and [DONE];
-    /tokenize counts words."""
+    a request with `stream` false gets the same answer whole, as one JSON completion (unless
+    `streams_always`, an upstream that ignores the flag); /tokenize counts words."""
 
     pieces: list[str] = field(default_factory=lambda: list(PIECES))
     reasoning: list[str] = field(default_factory=list)
@@ -60,6 +66,7 @@ class FakeUpstream:
     error_body: str = ""
     tokenize: bool = True
     logprobs: bool = False  # each piece's chunk carries logprobs.content (logprob -0.5)
+    streams_always: bool = False
     requests: list[dict[str, Any]] = field(default_factory=list)
     authorizations: list[str | None] = field(default_factory=list)
     sent: int = 0
@@ -68,11 +75,19 @@ class FakeUpstream:
     url: str = ""
 
     async def chat(self, request: web.Request) -> web.StreamResponse:
-        self.requests.append(await request.json())
+        body = await request.json()
+        self.requests.append(body)
         self.received.set()
         self.authorizations.append(request.headers.get("Authorization"))
         if self.status != 200:
             return web.Response(status=self.status, text=self.error_body)
+        if body.get("stream") is False and not self.streams_always:
+            try:
+                await asyncio.sleep(self.header_delay + self.delay * len(self.pieces))
+            except asyncio.CancelledError:
+                self.disconnected.set()
+                raise
+            return web.json_response(self.completion())
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         try:
             await asyncio.sleep(self.header_delay)
@@ -89,20 +104,51 @@ class FakeUpstream:
                 await self._send(response, {"index": 0, "delta": {"tool_calls": calls}})
             finish = {"choices": [{"index": 0, "delta": {}, "finish_reason": self.finish_reason}]}
             await _event(response, finish)
-            usage: dict[str, Any] = {
-                "prompt_tokens": UPSTREAM_PROMPT_TOKENS,
-                # + the end-of-turn token
-                "completion_tokens": len(self.reasoning + self.pieces + self.tool_calls) + 1,
-                "prompt_tokens_details": {"cached_tokens": UPSTREAM_CACHED_TOKENS},
-            }
-            if self.reasoning_tokens is not None:
-                usage["completion_tokens_details"] = {"reasoning_tokens": self.reasoning_tokens}
-            await _event(response, {"choices": [], "usage": usage})
+            await _event(response, {"choices": [], "usage": self.usage()})
             await response.write(b"data: [DONE]\n\n")
         except (ConnectionError, asyncio.CancelledError):
             self.disconnected.set()
             raise
         return response
+
+    def usage(self) -> dict[str, Any]:
+        usage: dict[str, Any] = {
+            "prompt_tokens": UPSTREAM_PROMPT_TOKENS,
+            # + the end-of-turn token
+            "completion_tokens": len(self.reasoning + self.pieces + self.tool_calls) + 1,
+            "prompt_tokens_details": {"cached_tokens": UPSTREAM_CACHED_TOKENS},
+        }
+        if self.reasoning_tokens is not None:
+            usage["completion_tokens_details"] = {"reasoning_tokens": self.reasoning_tokens}
+        return usage
+
+    def completion(self) -> dict[str, Any]:
+        """The streamed answer whole: its pieces joined, its tool call pieces merged per call."""
+        message: dict[str, Any] = {"role": "assistant", "content": "".join(self.pieces) or None}
+        if self.reasoning:
+            message["reasoning_content"] = "".join(self.reasoning)
+        calls: dict[int, dict[str, Any]] = {}
+        for piece in (item for pieces in self.tool_calls for item in pieces):
+            call = calls.setdefault(
+                piece["index"], {"type": "function", "function": {"name": "", "arguments": ""}}
+            )
+            call.update({"id": piece["id"]} if "id" in piece else {})
+            for name, value in piece.get("function", {}).items():
+                call["function"][name] += value
+        if calls:
+            message["tool_calls"] = [calls[index] for index in sorted(calls)]
+        choice: dict[str, Any] = {
+            "index": 0,
+            "message": message,
+            "finish_reason": self.finish_reason,
+        }
+        if self.logprobs:
+            entries = [
+                {"token": piece, "logprob": -0.5, "bytes": list(piece.encode())}
+                for piece in self.pieces
+            ]
+            choice["logprobs"] = {"content": [{**e, "top_logprobs": [e]} for e in entries]}
+        return {"object": "chat.completion", "choices": [choice], "usage": self.usage()}
 
     async def _send(self, response: web.StreamResponse, choice: dict[str, Any]) -> None:
         if self.delay:
@@ -474,3 +520,120 @@ async def test_reasoning_without_a_count_is_counted_per_delta_and_off_turns_thin
     [sent] = upstream.requests
     assert sent["chat_template_kwargs"] == {"enable_thinking": False}
     assert "reasoning_effort" not in sent and "tools" not in sent
+
+
+# -- a client that does not stream: one JSON answer from the upstream ---------------------------
+async def test_a_client_that_does_not_stream_gets_the_upstreams_whole_answer(
+    nc: Client,
+    start_worker: StartWorker,
+    route_name: str,
+    upstream: FakeUpstream,
+    proxy: OpenAIProxyEngine,
+    read_usage_records: ReadUsageRecords,
+) -> None:
+    await start_worker(proxy, route=route_name)
+    request = chat_request(
+        "what is the answer", route=route_name, free_system_prompt="You are Regio.", stream=False
+    )
+    chunks = await (await InferenceCall.open(nc, "de", route_name, request)).until_end()
+
+    final = chunks[-1]
+    assert "".join(c.text_delta for c in chunks) == "".join(PIECES)
+    assert (final.kind, final.finish_reason) == (FINAL, inference_pb2.FINISH_REASON_STOP)
+    free = 3 + SYSTEM_MESSAGE_OVERHEAD_TOKENS
+    expected = (UPSTREAM_PROMPT_TOKENS - free, len(PIECES) + 1, free)
+    assert (
+        final.usage.prompt_tokens,
+        final.usage.completion_tokens,
+        final.usage.free_prompt_tokens,
+    ) == expected
+    record = (await read_usage_records(route_name, [request.transaction_id]))[
+        request.transaction_id
+    ]
+    assert (record.prompt_tokens, record.completion_tokens, record.free_prompt_tokens) == expected
+    [sent] = upstream.requests
+    assert sent["stream"] is False and "stream_options" not in sent
+
+
+async def test_a_whole_answer_brings_reasoning_tool_calls_and_logprobs_back(
+    upstream: FakeUpstream, proxy: OpenAIProxyEngine
+) -> None:
+    upstream.reasoning = ["Rome", " is", " sunny"]
+    upstream.tool_calls = [
+        [{"index": 0, "id": "up-1", "type": "function", "function": {"name": "get_weather"}}],
+        [{"index": 0, "function": {"arguments": '{"city": "Rome"}'}}],
+        [{"index": 1, "type": "function", "function": {"name": "get_time", "arguments": "{}"}}],
+    ]
+    upstream.finish_reason, upstream.reasoning_tokens, upstream.logprobs = "tool_calls", 3, True
+    request = GenerationRequest(
+        "t-whole", (ChatMessage("user", "Weather?"),), top_logprobs=1, stream=False
+    )
+    events = [event async for event in proxy.generate(request)]
+
+    reasoning, text, weather, clock, final = events
+    assert reasoning == ReasoningDelta("Rome is sunny")
+    assert isinstance(text, TextDelta) and text.text == "".join(PIECES)
+    assert [entry.token for entry in text.logprobs] == [piece.encode() for piece in PIECES]
+    assert weather == ToolCallDelta(0, "up-1", "get_weather", '{"city": "Rome"}')
+    assert isinstance(clock, ToolCallDelta)
+    assert (clock.index, clock.name, clock.arguments) == (1, "get_time", "{}")
+    assert re.fullmatch(r"call_[A-Za-z0-9]{24}", clock.id), "made when the upstream gives none"
+    assert isinstance(final, GenerationFinished)
+    assert final.finish_reason is FinishReason.TOOL_CALLS
+    assert (final.usage.completion_tokens, final.usage.reasoning_tokens) == (
+        len(upstream.reasoning + PIECES + upstream.tool_calls) + 1,
+        3,
+    )
+
+
+async def test_an_upstream_that_streams_anyway_is_read_as_a_stream(
+    upstream: FakeUpstream, proxy: OpenAIProxyEngine
+) -> None:
+    upstream.streams_always = True
+    request = GenerationRequest("t-streams", (ChatMessage("user", "hi"),), stream=False)
+    events = [event async for event in proxy.generate(request)]
+
+    assert "".join(e.text for e in events if isinstance(e, TextDelta)) == "".join(PIECES)
+    final = events[-1]
+    assert isinstance(final, GenerationFinished) and final.finish_reason is FinishReason.STOP
+    assert final.usage.prompt_tokens == UPSTREAM_PROMPT_TOKENS
+
+
+async def test_cancel_while_the_upstream_generates_a_whole_answer_stops_at_once(
+    nc: Client,
+    start_worker: StartWorker,
+    route_name: str,
+    upstream: FakeUpstream,
+    proxy: OpenAIProxyEngine,
+) -> None:
+    upstream.header_delay = 30.0  # a long generation: its answer comes at its end
+    server = await start_worker(proxy, route=route_name)
+    request = chat_request("go", route=route_name, stream=False)
+    call = await InferenceCall.open(nc, "de", route_name, request)
+    assert (await call.next_chunk()).kind == ACCEPTED
+    await asyncio.wait_for(upstream.received.wait(), timeout=5)
+    await call.cancel(server.identity.worker_id)
+    (final,) = await call.until_end(wait_seconds=2)
+
+    assert (final.kind, final.finish_reason) == (FINAL, inference_pb2.FINISH_REASON_CANCELLED)
+    assert final.usage.completion_tokens == 0
+    await asyncio.wait_for(upstream.disconnected.wait(), timeout=2)
+    assert server.load().slots_busy == 0
+
+
+async def test_a_whole_answer_has_its_own_timeout(upstream: FakeUpstream) -> None:
+    """The time between two reads of a stream does not bound a whole answer, its own does."""
+    upstream.header_delay = 1.5
+    engine = OpenAIProxyEngine(upstream.url, timeout_seconds=1.0, answer_timeout_seconds=5.0)
+    impatient = OpenAIProxyEngine(upstream.url, timeout_seconds=5.0, answer_timeout_seconds=0.5)
+    try:
+        request = GenerationRequest("t-slow", (ChatMessage("user", "hi"),), stream=False)
+        patient = [event async for event in engine.generate(request)][-1]
+        cut = [event async for event in impatient.generate(request)][-1]
+    finally:
+        await engine.close()
+        await impatient.close()
+
+    assert isinstance(patient, GenerationFinished) and patient.finish_reason is FinishReason.STOP
+    assert isinstance(cut, GenerationFinished) and cut.finish_reason is FinishReason.ERROR
+    assert cut.error_message == MESSAGE_TIMEOUT

@@ -80,6 +80,7 @@ DEFAULT_IS_RIGHT_IN_PRODUCTION: dict[str, dict[str, str]] = {
         "REGIO_UPSTREAM_MODEL": "openai_proxy engine only",
         "REGIO_UPSTREAM_MAX_CONCURRENCY": "openai_proxy engine only",
         "REGIO_UPSTREAM_TIMEOUT_SECONDS": "openai_proxy engine only",
+        "REGIO_UPSTREAM_ANSWER_TIMEOUT_SECONDS": "openai_proxy engine only",
     },
 }
 NATS_USERS = {"gateway": "gateway", "billing": "billing", "dashboard-api": "dashboard"}

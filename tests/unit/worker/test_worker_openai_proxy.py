@@ -6,17 +6,25 @@ from __future__ import annotations
 import pytest
 
 from regio_common.errors import CONTEXT_LENGTH_EXCEEDED, GENERATION_FAILED
-from regio_worker.engine.base import ChatMessage, FinishReason, GenerationRequest, Usage
+from regio_worker.engine.base import (
+    ChatMessage,
+    FinishReason,
+    GenerationRequest,
+    TokenLogprob,
+    Usage,
+)
 from regio_worker.engine.openai_proxy import (
     SYSTEM_MESSAGE_OVERHEAD_TOKENS,
     SseDecoder,
     SseEvent,
     StreamChunk,
     UpstreamError,
+    UpstreamToolCall,
     UpstreamUsage,
     chat_completion_body,
     free_prompt_byte_bound,
     map_finish_reason,
+    parse_completion,
     parse_event,
     settle_usage,
     tokenize_url,
@@ -71,6 +79,66 @@ def test_body_without_free_prompt_model_or_sampling() -> None:
         "stream_options": {"include_usage": True},
         "chat_template_kwargs": {"enable_thinking": False},
     }
+
+
+def test_a_client_that_does_not_stream_gets_one_json_answer_from_the_upstream() -> None:
+    request = GenerationRequest(
+        transaction_id="t", messages=(ChatMessage("user", "Hi"),), stream=False
+    )
+    body = chat_completion_body(request, None)
+    assert body["stream"] is False
+    assert "stream_options" not in body  # OpenAI refuses stream_options without stream
+
+
+def test_parse_completion_text_finish_and_usage() -> None:
+    answer = (
+        b'{"id":"chatcmpl-1","object":"chat.completion","choices":[{"index":0,'
+        b'"message":{"role":"assistant","content":"The sea is wide."},"finish_reason":"length"}],'
+        b'"usage":{"prompt_tokens":30,"completion_tokens":5,"prompt_tokens_details":'
+        b'{"cached_tokens":16},"completion_tokens_details":{"reasoning_tokens":0}}}'
+    )
+    assert parse_completion(answer) == StreamChunk(
+        text="The sea is wide.",
+        finish_reason="length",
+        usage=UpstreamUsage(30, 5, cached_tokens=16),
+    )
+    # A whole answer without a finish reason ended normally; one without usage says none.
+    bare = b'{"choices":[{"message":{"content":"ok"}}]}'
+    assert parse_completion(bare) == StreamChunk(text="ok", finish_reason="stop")
+
+
+def test_parse_completion_reasoning_tool_calls_in_order_and_logprobs() -> None:
+    answer = b"""{"choices":[{"index":0,"finish_reason":"tool_calls",
+      "message":{"role":"assistant","content":null,"reasoning_content":"Rome first.",
+        "tool_calls":[
+          {"id":"call_a","type":"function","function":{"name":"weather","arguments":"{}"}},
+          {"type":"function","function":{"name":"time","arguments":{"tz":"CET"}}}]},
+      "logprobs":{"content":[{"token":"x","logprob":-0.5,"bytes":[120],"top_logprobs":[]}]}}],
+      "usage":{"prompt_tokens":9,"completion_tokens":7}}"""
+    chunk = parse_completion(answer)
+    assert chunk.reasoning == "Rome first."
+    assert chunk.text == ""
+    # Calls of a whole answer carry no index: their order numbers them.
+    assert chunk.tool_calls == (
+        UpstreamToolCall(index=0, id="call_a", name="weather", arguments="{}"),
+        UpstreamToolCall(index=1, id="", name="time", arguments='{"tz": "CET"}'),
+    )
+    assert chunk.logprobs == (TokenLogprob(b"x", -0.5, ()),)
+    assert (chunk.finish_reason, chunk.usage) == ("tool_calls", UpstreamUsage(9, 7))
+    vllm = b'{"choices":[{"message":{"content":"4","reasoning":"2+2"},"finish_reason":"stop"}]}'
+    assert parse_completion(vllm).reasoning == "2+2"
+
+
+def test_parse_completion_rejects_garbage_and_maps_error_answers() -> None:
+    for garbage in (b"not json", b"[1, 2]", b'{"choices": []}', b'{"choices": ["x"]}'):
+        with pytest.raises(UpstreamError) as unreadable:
+            parse_completion(garbage)
+        assert unreadable.value.code == GENERATION_FAILED
+    context = b'{"error":{"message":"the request exceeds the available context size",'
+    context += b'"type":"exceed_context_size_error","code":400}}'
+    with pytest.raises(UpstreamError) as too_long:
+        parse_completion(context)
+    assert too_long.value.code == CONTEXT_LENGTH_EXCEEDED
 
 
 def test_sse_decoder_joins_data_lines_skips_comments_and_flushes_the_last_event() -> None:

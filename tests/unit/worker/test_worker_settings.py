@@ -78,6 +78,7 @@ def test_openai_proxy_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("REGIO_UPSTREAM_MODEL", "qwen")
     monkeypatch.setenv("REGIO_UPSTREAM_MAX_CONCURRENCY", "8")
     monkeypatch.setenv("REGIO_UPSTREAM_TIMEOUT_SECONDS", "2.5")
+    monkeypatch.setenv("REGIO_UPSTREAM_ANSWER_TIMEOUT_SECONDS", "120")
     settings = WorkerSettings()
     assert settings.upstream_base_url == "http://127.0.0.1:8000/v1"
     assert settings.upstream_api_key is not None
@@ -85,6 +86,7 @@ def test_openai_proxy_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     assert "sk-upstream" not in repr(settings)
     assert (settings.upstream_model, settings.upstream_max_concurrency) == ("qwen", 8)
     assert settings.upstream_timeout_seconds == 2.5
+    assert settings.upstream_answer_timeout_seconds == 120
 
 
 def test_openai_proxy_needs_an_upstream_url(monkeypatch: pytest.MonkeyPatch) -> None:

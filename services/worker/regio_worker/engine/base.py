@@ -108,6 +108,9 @@ class GenerationRequest:
     # Most tokens of the reasoning phase before it is cut (thinking rescue); None: the engine's
     # default share of max_tokens for the effort.
     reasoning_budget: int | None = None
+    # The client reads the answer as it is generated; False: only at its end, so an engine may
+    # produce it all at once (the openai_proxy engine then asks its upstream for one JSON answer).
+    stream: bool = True
 
     @property
     def logprobs(self) -> bool:
