@@ -32,6 +32,10 @@ class Replies:
 
     async def next(self, within_seconds: float) -> Msg:
         """The next message; raises TimeoutError after `within_seconds` without one."""
+        if not self._messages.empty():
+            # Already here (e.g. a FINAL chunk that came while billing held the credit): no
+            # timer to start and cancel (≈ 3 % of the gateway's samples at 32 clients).
+            return self._messages.get_nowait()
         async with asyncio.timeout(within_seconds):
             return await self._messages.get()
 

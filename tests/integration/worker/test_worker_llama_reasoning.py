@@ -132,13 +132,22 @@ async def test_the_budget_cuts_the_reasoning_and_the_model_answers(
     assert final.usage.free_prompt_tokens == len(tokens_of(vocabulary, "<think>\n"))
 
 
+# Logits this close between the two best tokens are a tie the batch layout may break either way
+# (the engine decodes in other batches than one token at a time; seen: 0.05-0.08 on some CPUs).
+NEAR_TIE = 0.25
+
+
 def greedy_tokens(model: Llama, count: int, banned: Sequence[int] = ()) -> list[int]:
-    """`count` greedy tokens after what the model evaluated so far, fed back one at a time."""
+    """`count` greedy tokens after what the model evaluated so far, fed back one at a time, up
+    to the first near-tie (a token another batch layout may not pick)."""
     tokens = []
     for _ in range(count):
         last = llama_cpp.llama_get_logits_ith(model.ctx, -1)
         logits = numpy.ctypeslib.as_array(last, shape=(model.n_vocab(),)).copy()
         logits[list(banned)] = -numpy.inf
+        second, best = numpy.partition(logits, -2)[-2:]
+        if best - second < NEAR_TIE:
+            break
         token = int(logits.argmax())
         tokens.append(token)
         model.eval([token])
@@ -150,7 +159,8 @@ def test_the_answer_continues_from_the_forced_end_marker_after_the_reasoning(
 ) -> None:
     """The same tokens through llama-cpp-python's own Llama, one sequence, no scheduler: the
     prompt with `<think>\\n`, the budget's greedy reasoning (end of turn banned), `</think>\\n\\n`
-    fed in, then the greedy answer: the engine produced exactly that text."""
+    fed in, then the greedy answer: the engine produced exactly that text, up to a near-tie
+    (most of each part)."""
     reference = Llama(
         model_path=str(gemma_model_path), n_ctx=256, n_threads=2, flash_attn=True, verbose=False
     )
@@ -161,11 +171,13 @@ def test_the_answer_continues_from_the_forced_end_marker_after_the_reasoning(
         ]
         reference.eval(gemma_prompt(vocabulary, STORY) + tokens_of(vocabulary, "<think>\n"))
         reasoning = greedy_tokens(reference, BUDGET, banned=end_of_turn)
+        assert len(reasoning) == BUDGET, "a near-tie in the reasoning: no fixed point to go on"
         reference.eval(tokens_of(vocabulary, "</think>\n\n"))
         answer = greedy_tokens(reference, MAX_TOKENS - BUDGET)
+        assert len(answer) >= (MAX_TOKENS - BUDGET) // 2
         text = reference.detokenize
         assert rescued.reasoning == text(reasoning).decode().strip()
-        assert rescued.answer == text(answer).decode().lstrip()
+        assert rescued.answer.startswith(text(answer).decode(errors="ignore").lstrip())
     finally:
         reference.close()
 
