@@ -281,16 +281,20 @@ async def test_cancel_closes_the_upstream_stream(
     assert upstream.sent < 20
 
 
+@pytest.mark.parametrize("stream", [True, False], ids=["streamed", "whole answer"])
 async def test_cancel_before_the_upstream_answers_stops_at_once(
     nc: Client,
     start_worker: StartWorker,
     route_name: str,
     upstream: FakeUpstream,
     proxy: OpenAIProxyEngine,
+    stream: bool,
 ) -> None:
-    upstream.header_delay = 30.0  # still reading a long prompt
+    # Still reading a long prompt; or generating a whole answer, which comes at its end.
+    upstream.header_delay = 30.0
     server = await start_worker(proxy, route=route_name)
-    call = await InferenceCall.open(nc, "de", route_name, chat_request("go", route=route_name))
+    request = chat_request("go", route=route_name, stream=stream)
+    call = await InferenceCall.open(nc, "de", route_name, request)
     assert (await call.next_chunk()).kind == ACCEPTED
     await asyncio.wait_for(upstream.received.wait(), timeout=5)
     await call.cancel(server.identity.worker_id)
@@ -597,28 +601,6 @@ async def test_an_upstream_that_streams_anyway_is_read_as_a_stream(
     final = events[-1]
     assert isinstance(final, GenerationFinished) and final.finish_reason is FinishReason.STOP
     assert final.usage.prompt_tokens == UPSTREAM_PROMPT_TOKENS
-
-
-async def test_cancel_while_the_upstream_generates_a_whole_answer_stops_at_once(
-    nc: Client,
-    start_worker: StartWorker,
-    route_name: str,
-    upstream: FakeUpstream,
-    proxy: OpenAIProxyEngine,
-) -> None:
-    upstream.header_delay = 30.0  # a long generation: its answer comes at its end
-    server = await start_worker(proxy, route=route_name)
-    request = chat_request("go", route=route_name, stream=False)
-    call = await InferenceCall.open(nc, "de", route_name, request)
-    assert (await call.next_chunk()).kind == ACCEPTED
-    await asyncio.wait_for(upstream.received.wait(), timeout=5)
-    await call.cancel(server.identity.worker_id)
-    (final,) = await call.until_end(wait_seconds=2)
-
-    assert (final.kind, final.finish_reason) == (FINAL, inference_pb2.FINISH_REASON_CANCELLED)
-    assert final.usage.completion_tokens == 0
-    await asyncio.wait_for(upstream.disconnected.wait(), timeout=2)
-    assert server.load().slots_busy == 0
 
 
 async def test_a_whole_answer_has_its_own_timeout(upstream: FakeUpstream) -> None:
