@@ -358,11 +358,12 @@ class WorkerServer:
             finished = _billed_as_delivered(finished, delivered)
         self._usage.submit(usage_record(job.request, self.identity, finished, _now_ms()))
         usage = finished.usage
+        timed = self._engine.times_tokens(job.generation)
         self.metrics.generation_finished(
             finished.finish_reason,
             usage.completion_tokens,
-            job.first_text_seconds,
-            job.decode_seconds,
+            job.first_text_seconds if timed else None,
+            job.decode_seconds if timed else None,
         )
         log.info(
             "request_finished",

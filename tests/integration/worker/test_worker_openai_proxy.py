@@ -200,7 +200,7 @@ async def test_deltas_in_order_and_usage_from_the_upstream_minus_the_free_prompt
     proxy: OpenAIProxyEngine,
     read_usage_records: ReadUsageRecords,
 ) -> None:
-    await start_worker(proxy, route=route_name)
+    server = await start_worker(proxy, route=route_name)
     request = chat_request(
         "what is the answer", route=route_name, free_system_prompt="You are Regio.", max_tokens=9
     )
@@ -234,6 +234,10 @@ async def test_deltas_in_order_and_usage_from_the_upstream_minus_the_free_prompt
     assert (sent["model"], sent["max_tokens"], sent["stream"]) == ("fake-model", 9, True)
     assert sent["stream_options"] == {"include_usage": True}
     assert upstream.authorizations == [f"Bearer {API_KEY}"]
+    timed = server.metrics.registry.get_sample_value(
+        "regio_worker_time_to_first_token_seconds_count", {"route": route_name}
+    )
+    assert timed == 1.0
 
 
 async def test_without_tokenize_the_free_prompt_bound_is_its_byte_count(
@@ -535,7 +539,7 @@ async def test_a_client_that_does_not_stream_gets_the_upstreams_whole_answer(
     proxy: OpenAIProxyEngine,
     read_usage_records: ReadUsageRecords,
 ) -> None:
-    await start_worker(proxy, route=route_name)
+    server = await start_worker(proxy, route=route_name)
     request = chat_request(
         "what is the answer", route=route_name, free_system_prompt="You are Regio.", stream=False
     )
@@ -557,6 +561,11 @@ async def test_a_client_that_does_not_stream_gets_the_upstreams_whole_answer(
     assert (record.prompt_tokens, record.completion_tokens, record.free_prompt_tokens) == expected
     [sent] = upstream.requests
     assert sent["stream"] is False and "stream_options" not in sent
+    # Its text came whole: no first-token time or decode speed to measure.
+    timed = server.metrics.registry.get_sample_value(
+        "regio_worker_time_to_first_token_seconds_count", {"route": route_name}
+    )
+    assert timed in (None, 0.0)
 
 
 async def test_a_whole_answer_brings_reasoning_tool_calls_and_logprobs_back(

@@ -218,6 +218,11 @@ class Engine(ABC):
     def generate(self, request: GenerationRequest) -> AsyncGenerator[GenerationEvent, None]:
         """Stream the events of one generation (an async generator: aclose() stops it)."""
 
+    def times_tokens(self, request: GenerationRequest) -> bool:
+        """Whether the events of `request` come as its tokens are made, so that the time to its
+        first token and its decode speed can be measured (False: its answer comes whole)."""
+        return True
+
     @abstractmethod
     def abort(self, transaction_id: str) -> None:
         """Stop the generation of `transaction_id` soon (it then finishes as cancelled)."""

@@ -9,10 +9,9 @@ between two chunks. An upstream that streams anyway (it ignored `stream: false`)
 a stream.
 
 Usage comes from the upstream's usage chunk (`stream_options.include_usage`), or the usage of
-its whole answer. The upstream
-cannot say how many of its prompt tokens were the free system prompt, and one more upstream
-call without it would double the prompt work, so the free prompt is never billed by
-subtracting an **upper bound** of its tokens (see `free_prompt_bound`):
+its whole answer. The upstream cannot say how many of its prompt tokens were the free system
+prompt, and one more upstream call without it would double the prompt work, so the free prompt
+is never billed by subtracting an **upper bound** of its tokens (see `free_prompt_bound`):
 
 - the upstream's `/tokenize` (llama-server and vLLM serve it next to `/v1`) counts the free
   prompt's text, cached per text; if it has no `/tokenize`, the free prompt's UTF-8 byte count
@@ -22,7 +21,9 @@ subtracting an **upper bound** of its tokens (see `free_prompt_bound`):
   bound; cached_tokens likewise (the free prompt comes first, so a reused prefix covers it first).
 
 Without a usage chunk (cancelled, or the stream broke), prompt tokens are unknown and billed as
-0, completion tokens as the number of text deltas received (each holds at least one token).
+0, completion tokens as the number of text deltas received (each holds at least one token; a
+whole answer without usage, which no known server sends, counts one per part: text, reasoning,
+each call).
 
 `logprobs`, `top_logprobs` and `logit_bias` are forwarded as they came; the upstream's
 `choices[0].logprobs.content` entries travel back with the text of their chunk (an upstream
@@ -704,6 +705,9 @@ class OpenAIProxyEngine(Engine):
     def slots_total(self) -> int:
         return self._slots
 
+    def times_tokens(self, request: GenerationRequest) -> bool:
+        return request.stream  # a non-streamed upstream answer comes whole
+
     def _http(self) -> aiohttp.ClientSession:
         if self._session is None:
             # Generations plus their /tokenize calls; connections are kept alive between calls.
@@ -761,8 +765,8 @@ class OpenAIProxyEngine(Engine):
     async def _stream(
         self, request: GenerationRequest, call: _Call, progress: _Progress
     ) -> AsyncGenerator[StreamChunk, None]:
-        """The upstream stream's chunks that carry text, reasoning or tool calls; fills
-        `progress`; raises _Cancelled or UpstreamError."""
+        """The upstream's chunks that carry text, reasoning or tool calls (one for a whole
+        answer); fills `progress`; raises _Cancelled or UpstreamError."""
         body = chat_completion_body(request, self._model)
         timeout = self._timeout if request.stream else self._answer_timeout
         try:
