@@ -1,9 +1,12 @@
 """`make bench-overhead`: what the routing layer adds in front of an OpenAI-compatible server.
 
-Three targets, measured side by side in one run with the same load client (`bench_load load`,
+Four targets, measured side by side in one run with the same load client (`bench_load load`,
 its own process) at concurrency 1, 32 and 128, non-streaming and streaming:
 
 (a) direct   a constant-answer upstream (`bench_load upstream`, its own process);
+(f) floor    Regio's hops with nothing in them (`bench_floor`): HTTP server -> one gRPC call that
+             inserts a row in PostgreSQL, alongside a NATS request to a process that calls the
+             upstream. No Regio code: the least any design on these parts can add;
 (b) LiteLLM  LiteLLM's proxy in front of it (own virtualenv under .regio/bench/, no database);
 (c) Regio    the whole stack: gateway (key check) -> billing hold in PostgreSQL → NATS → a worker
              with the `openai_proxy` engine fronting the upstream -> JetStream settlement.
@@ -29,6 +32,7 @@ from regio_common.catalogue import Catalogue
 from regio_common.logging import configure_logging
 from regio_common.money import request_cost_nano
 from regio_common.settings import DEFAULT_CATALOGUE, PROJECT_ROOT
+from regio_devstack.bench_floor import Floor, start_floor
 from regio_devstack.processes import ManagedProcess, free_port, port_open
 from regio_devstack.stack import Stack, StackConfig
 
@@ -48,7 +52,7 @@ WORKER_ENV = {"REGIO_UPSTREAM_MAX_CONCURRENCY": "256", "REGIO_WORKER_QUEUE_LIMIT
 # The load client is one address standing for 128 users: the gateway's per-address cap on
 # requests in flight (default 64; LiteLLM has none) is raised to let them all in.
 GATEWAY_ENV = {"REGIO_MAX_CONCURRENT_REQUESTS_PER_CLIENT": "256"}
-TARGETS = ["direct", "LiteLLM", "Regio"]
+TARGETS = ["direct", "floor", "LiteLLM", "Regio"]
 
 
 @dataclass
@@ -201,6 +205,10 @@ def process_tree_cpu(root: int) -> float:
     return total
 
 
+def _cpu(pids: list[int]) -> float:
+    return sum(process_tree_cpu(pid) for pid in pids)
+
+
 # -- measuring --------------------------------------------------------------------------------
 def load(spec: dict[str, Any]) -> dict[str, Any]:
     out = subprocess.run(
@@ -222,15 +230,15 @@ def measure(
     stream: bool,
     concurrency: int,
     count: int,
-    pids: dict[str, int],
+    pids: dict[str, list[int]],
 ) -> tuple[Run, Run]:
     """A warm-up (2 x concurrency requests, at least 20), then the measured run."""
     spec = {"url": url, "api_key": key, "model": model, "stream": stream}
     warm = load({**spec, "concurrency": concurrency, "count": max(20, 2 * concurrency)})
-    before = {name: process_tree_cpu(pid) for name, pid in pids.items()}
+    before = {name: _cpu(group) for name, group in pids.items()}
     client = resource.getrusage(resource.RUSAGE_CHILDREN)
     result = load({**spec, "concurrency": concurrency, "count": count})
-    cpu = {name: process_tree_cpu(pid) - before[name] for name, pid in pids.items()}
+    cpu = {name: _cpu(group) - before[name] for name, group in pids.items()}
     done = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu["client"] = done.ru_utime + done.ru_stime - client.ru_utime - client.ru_stime
     warm_run = Run(target, stream, concurrency, max(20, 2 * concurrency), **warm)
@@ -277,22 +285,29 @@ def table(runs: list[Run], stream: bool) -> str:
                         f"{ms(f99 - percentile(base.first_chunks, 99)):>10}"
                     )
             lines.append(line)
-        lite, ours = level["LiteLLM"], level["Regio"]
-        added = {
-            name: percentile(run.latencies, 50) - percentile(base.latencies, 50)
-            for name, run in (("LiteLLM", lite), ("Regio", ours))
-        }
-        ratio_added = added["Regio"] / added["LiteLLM"] if added["LiteLLM"] > 0 else float("nan")
-        lines.append(
-            f"{'':>4} Regio/LiteLLM: req/s x{ours.rps / lite.rps:.2f}, p50 latency "
-            f"x{percentile(ours.latencies, 50) / percentile(lite.latencies, 50):.2f}, "
-            f"p99 latency x{percentile(ours.latencies, 99) / percentile(lite.latencies, 99):.2f}, "
-            f"added p50 x{ratio_added:.2f}"
-        )
+        for reference in ("LiteLLM", "floor"):
+            lines.append(_ratios(level["Regio"], level[reference], base))
         for run in level.values():
             if run.errors:
                 lines.append(f"{'':>4} errors of {run.target}: {run.errors}")
     return "\n".join(lines)
+
+
+def _ratios(ours: Run, other: Run, base: Run) -> str:
+    """Regio against another target of the same level (`base`: the upstream alone)."""
+
+    def added(run: Run, q: float) -> float:
+        return percentile(run.latencies, q) - percentile(base.latencies, q)
+
+    def times(mine: float, theirs: float) -> str:
+        return f"x{mine / theirs:.2f}" if theirs > 0 else "x?"
+
+    return (
+        f"{'':>4} Regio/{other.target}: req/s {times(ours.rps, other.rps)}, p50 latency "
+        f"{times(percentile(ours.latencies, 50), percentile(other.latencies, 50))}, "
+        f"p99 latency {times(percentile(ours.latencies, 99), percentile(other.latencies, 99))}, "
+        f"added p50 {times(added(ours, 50), added(other, 50))}"
+    )
 
 
 def cpu_table(runs: list[Run]) -> str:
@@ -364,6 +379,7 @@ def main() -> None:
             say=lambda message: None,
         )
         litellm: ManagedProcess | None = None
+        floor: Floor | None = None
         try:
             upstream.wait_until(lambda: port_open("127.0.0.1", upstream_port), 30, "readiness")
             say("starting LiteLLM's proxy ...")
@@ -379,6 +395,13 @@ def main() -> None:
             )
             stack.wait_for_worker(worker, ROUTE, COUNTRY)
             demo = stack.seed_demo()
+            assert stack.postgres is not None  # the bench starts its own
+            say("starting the floor (Regio's hops, no Regio code) ...")
+            floor = start_floor(
+                folder / "floor",
+                stack.postgres.create_database("bench_floor"),
+                upstream_url + "/chat/completions",
+            )
             regio_url = stack.gateway_url + "/v1/chat/completions"
             models = stack.gateway_url + "/v1/models"
             auth = {"Authorization": f"Bearer {demo.api_key}"}
@@ -393,9 +416,10 @@ def main() -> None:
                 f"levels (concurrency, requests) {LEVELS}, "
                 "each after a warm-up of max(20, 2xc) requests"
             )
-            pids = _pids(stack, upstream, litellm)
+            pids = _pids(stack, upstream, litellm, floor)
             targets = {
                 "direct": (upstream_url + "/chat/completions", "sk-upstream", "bench"),
+                "floor": (floor.url, "sk-upstream", "bench"),
                 "LiteLLM": (litellm_url, LITELLM_MASTER_KEY, "bench"),
                 "Regio": (regio_url, demo.api_key, ROUTE),
             }
@@ -414,6 +438,8 @@ def main() -> None:
                         )
             after = wait_settled(stack, demo.account_id)
         finally:
+            if floor is not None:
+                floor.stop()
             stack.stop()
             if litellm is not None:
                 litellm.stop()
@@ -451,15 +477,22 @@ def _get_json(url: str, headers: dict[str, str]) -> Any:
         return json.loads(response.read())
 
 
-def _pids(stack: Stack, upstream: ManagedProcess, litellm: ManagedProcess) -> dict[str, int]:
-    pids = {"upstream": upstream.pid, "litellm": litellm.pid}
+def _pids(
+    stack: Stack, upstream: ManagedProcess, litellm: ManagedProcess, floor: Floor
+) -> dict[str, list[int]]:
+    """The processes whose CPU time is reported, by column: the floor's four are one."""
+    groups: dict[str, list[int | None]] = {
+        "upstream": [upstream.pid],
+        "litellm": [litellm.pid],
+        "floor": [floor.nats.process.pid, *(process.pid for process in floor.processes)],
+    }
     for service in stack.services:
-        pids[service.name.split("-")[0]] = service.pid
+        groups[service.name.split("-")[0]] = [service.pid]
     if stack.nats is not None:
-        pids["nats"] = stack.nats.process.pid
+        groups["nats"] = [stack.nats.process.pid]
     if stack.postgres is not None and stack.postgres.process is not None:
-        pids["postgres"] = stack.postgres.process.pid
-    return {name: pid for name, pid in pids.items() if pid is not None}
+        groups["postgres"] = [stack.postgres.process.pid]
+    return {name: [pid for pid in pids if pid is not None] for name, pids in groups.items()}
 
 
 if __name__ == "__main__":
