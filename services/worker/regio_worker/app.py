@@ -242,6 +242,7 @@ async def _load_and_serve(
             reader_check=ReaderCheckTiming(
                 settings.reader_check_interval_seconds, settings.reader_check_timeout_seconds
             ),
+            usage_linger_seconds=settings.usage_publish_linger_seconds,
         )
         await server.start()
         signals.serving()

@@ -51,7 +51,7 @@ from regio_worker.protocol import (
 )
 from regio_worker.reader_check import ReaderCheck
 from regio_worker.text_gathering import TextGathering
-from regio_worker.usage_publisher import UsagePublisher
+from regio_worker.usage_publisher import LINGER_SECONDS, UsagePublisher
 
 log = structlog.get_logger()
 
@@ -91,6 +91,7 @@ class WorkerServer:
         metrics: WorkerMetrics | None = None,
         stream_replicas: int = 1,
         reader_check: ReaderCheckTiming | None = None,
+        usage_linger_seconds: float = LINGER_SECONDS,
     ) -> None:
         self._nc = nc
         self._reader_check = reader_check or ReaderCheckTiming()
@@ -99,7 +100,7 @@ class WorkerServer:
         self.identity = identity
         self.metrics = metrics or WorkerMetrics(identity.route)
         self._jobs = JobQueue(engine.slots_total, queue_limit, self.metrics.load_changed)
-        self._usage = UsagePublisher(nc.jetstream())
+        self._usage = UsagePublisher(nc.jetstream(), linger_seconds=usage_linger_seconds)
         self._heartbeat = HeartbeatPublisher(
             nc, identity, heartbeat_interval_ms, self.load, self.metrics.nats_errors.inc
         )

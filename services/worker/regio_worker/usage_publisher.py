@@ -4,12 +4,21 @@ Nats-Msg-Id header makes retries of a message that did arrive harmless.
 
 One message is in flight at a time; the records that finish meanwhile go together in the next
 one (a UsageBatch, see regio_common.usage_stream), so that under load the stream stores, and
-billing receives and acknowledges, one message for many requests. Nothing waits to fill a
-batch: a record finished when nothing is in flight goes at once, alone."""
+billing receives and acknowledges, one message for many requests. A message that is not full
+waits `linger_seconds` (20 ms by default) for the records that finish meanwhile: at a few
+hundred requests per second from one client, each record otherwise travelled alone, and its
+stored message (an fsync in nats-server), its acknowledgement and billing's delivery cost more
+CPU than the request's answer on the NATS side (measured: nats-server 0.62 -> 0.41 ms per
+request at one client, and one client's p50 2.8 -> 2.5 ms on this 2-core machine).
+
+The price: a worker killed outright loses, besides the message in flight, the records of that
+window (a graceful stop publishes them: `wait_for_pending`); their holds then expire
+uncharged: the customer is never charged wrongly, the operator loses those requests' revenue."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 
 import structlog
@@ -23,6 +32,8 @@ log = structlog.get_logger()
 
 # Records in one message at most (a record is about 150 bytes: far below NATS's 1 MB).
 MAX_RECORDS_PER_MESSAGE = 64
+# How long a message that is not full waits for more records (settings: usage_publish_linger).
+LINGER_SECONDS = 0.02
 
 
 class UsagePublisher:
@@ -34,8 +45,11 @@ class UsagePublisher:
         first_retry_seconds: float = 0.5,
         max_retry_seconds: float = 30.0,
         max_records_per_message: int = MAX_RECORDS_PER_MESSAGE,
+        linger_seconds: float = LINGER_SECONDS,
     ) -> None:
         self._js = js
+        self._linger = linger_seconds
+        self._stopping = asyncio.Event()  # set: no more lingering, publish what is left
         self._ack_timeout = ack_timeout_seconds
         self._first_retry = first_retry_seconds
         self._max_retry = max_retry_seconds
@@ -58,11 +72,21 @@ class UsagePublisher:
     async def _send_queued(self) -> None:
         try:
             while self._queued:
+                if len(self._queued) < self._max_records:
+                    await self._wait_for_more()
                 self._in_flight = self._next_message_records()
                 await self._publish_until_acknowledged(self._in_flight)
                 self._in_flight = []
         finally:
             self._sender = None
+
+    async def _wait_for_more(self) -> None:
+        """The linger; cut short by a stop."""
+        if self._linger <= 0 or self._stopping.is_set():
+            return
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self._linger):
+                await self._stopping.wait()
 
     def _next_message_records(self) -> list[inference_pb2.UsageRecord]:
         """The oldest queued records of the oldest record's route (a worker serves one)."""
@@ -103,6 +127,7 @@ class UsagePublisher:
     async def wait_for_pending(self, timeout_seconds: float) -> None:
         """Wait for the records still being published. Any left after the timeout are logged
         in full, as errors, so that they can be replayed: never dropped silently."""
+        self._stopping.set()
         sender = self._sender
         if sender is None:
             return

@@ -28,6 +28,7 @@ from regio_worker.engine.base import Engine
 from regio_worker.model_files import resolve_model_path
 from regio_worker.protocol import WorkerIdentity
 from regio_worker.server import ReaderCheckTiming, WorkerServer
+from regio_worker.usage_publisher import LINGER_SECONDS
 
 from .support import (
     SHARED_MODELS_DIR,
@@ -53,7 +54,8 @@ async def nc(nats_server: NatsServer) -> AsyncIterator[Client]:
 
 @pytest.fixture
 async def start_worker(nats_server: NatsServer) -> AsyncIterator[StartWorker]:
-    """start_worker(engine, route=..., country="de", queue_limit=16, heartbeat_interval_ms=200)
+    """start_worker(engine, route=..., country="de", queue_limit=16, heartbeat_interval_ms=200,
+    reader_check=None, usage_linger_seconds=0.02)
     serves `engine` in this process on its own NATS connection; drained after the test."""
     started: list[tuple[WorkerServer, Client]] = []
 
@@ -65,6 +67,7 @@ async def start_worker(nats_server: NatsServer) -> AsyncIterator[StartWorker]:
         queue_limit: int = 16,
         heartbeat_interval_ms: int = 200,
         reader_check: ReaderCheckTiming | None = None,
+        usage_linger_seconds: float = LINGER_SECONDS,
     ) -> WorkerServer:
         connection = await nats.connect(nats_server.url)
         identity = WorkerIdentity(new_worker_id(country, route), country, route)
@@ -75,6 +78,7 @@ async def start_worker(nats_server: NatsServer) -> AsyncIterator[StartWorker]:
             queue_limit=queue_limit,
             heartbeat_interval_ms=heartbeat_interval_ms,
             reader_check=reader_check,
+            usage_linger_seconds=usage_linger_seconds,
         )
         await server.start()
         started.append((server, connection))

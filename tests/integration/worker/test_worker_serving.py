@@ -240,6 +240,38 @@ async def test_records_finishing_during_a_publish_share_the_next_message(
         }
 
 
+async def test_records_of_requests_one_after_another_wait_for_each_other_within_the_linger(
+    nc: Client, start_worker: StartWorker, route_name: str, read_usage_messages: ReadUsageMessages
+) -> None:
+    """One client's requests, each sent when the last one ended: without the linger each
+    record would be a message of its own (nothing is in flight when the next one ends)."""
+    await start_worker(ScriptedEngine(["x"]), route=route_name, usage_linger_seconds=1.0)
+    requests = [chat_request(f"request {n}", route=route_name) for n in range(5)]
+    started = time.monotonic()
+    for request in requests:
+        await (await InferenceCall.open(nc, "de", route_name, request)).until_end()
+    assert time.monotonic() - started < 1.0  # the test's premise: all within the linger
+
+    expected = [request.transaction_id for request in requests]
+    (message,) = await read_usage_messages(route_name, expected)
+    assert [record.transaction_id for record in message.records] == expected
+    assert message.headers[USAGE_BATCH_HEADER] == "5"
+
+
+async def test_a_draining_worker_publishes_the_records_still_lingering(
+    nc: Client, start_worker: StartWorker, route_name: str, read_usage_records: ReadUsageRecords
+) -> None:
+    server = await start_worker(ScriptedEngine(["x"]), route=route_name, usage_linger_seconds=30)
+    request = chat_request("last one", route=route_name)
+    await (await InferenceCall.open(nc, "de", route_name, request)).until_end()
+    started = time.monotonic()
+    await server.drain()
+
+    assert time.monotonic() - started < 30  # a stop does not wait out the linger
+    records = await read_usage_records(route_name, [request.transaction_id])
+    assert records[request.transaction_id].billable
+
+
 async def test_cancel_of_a_queued_request_drops_it_with_zero_usage(
     nc: Client, start_worker: StartWorker, route_name: str, read_usage_records: ReadUsageRecords
 ) -> None:
