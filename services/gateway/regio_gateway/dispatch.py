@@ -101,6 +101,11 @@ class WorkerStream:
             if chunk.kind == inference_pb2.CHUNK_KIND_DELTA and self.delivers_deltas:
                 self._deltas_delivered += 1
 
+    def has_waiting_chunk(self) -> bool:
+        """Whether the next message of the stream has already arrived (reading it will not
+        wait)."""
+        return self._first_output is not None or self._replies.waiting()
+
     async def cancel(self) -> None:
         """Tell the worker to stop generating (client gone, or the gateway gave up)."""
         if self.finished:

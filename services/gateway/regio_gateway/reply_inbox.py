@@ -30,6 +30,10 @@ class Replies:
     def deliver(self, msg: Msg) -> None:
         self._messages.put_nowait(msg)
 
+    def waiting(self) -> bool:
+        """Whether a message has arrived that `next` has not returned yet."""
+        return not self._messages.empty()
+
     async def next(self, within_seconds: float) -> Msg:
         """The next message; raises TimeoutError after `within_seconds` without one."""
         if not self._messages.empty():

@@ -101,8 +101,10 @@ class FakeWorkerStream:
         pieces: list[str],
         endless: bool,
         script: list[inference_pb2.InferenceChunk] | None = None,
+        arrived_together: bool = False,
     ) -> None:
         self.transaction_id = transaction_id
+        self._arrived_together = arrived_together
         self.worker_id = "worker-1"
         self.country = "de"
         self.finished = False
@@ -140,6 +142,10 @@ class FakeWorkerStream:
             usage=inference_pb2.Usage(prompt_tokens=3, completion_tokens=len(self._pieces)),
         )
 
+    def has_waiting_chunk(self) -> bool:
+        """As WorkerStream's: here, every chunk has arrived or none has."""
+        return self._arrived_together and not self.finished
+
     async def cancel(self) -> None:
         self.cancelled.set()
         self.finished = True
@@ -158,6 +164,8 @@ class FakeDispatcher:
     gate: asyncio.Event | None = None
     # Set: every stream answers these chunks (the last one should be the FINAL chunk).
     script: list[inference_pb2.InferenceChunk] | None = None
+    # True: a stream's chunks have all arrived when the gateway reads the first one.
+    arrived_together: bool = False
     # The requests the gateway dispatched, in order.
     requests: list[inference_pb2.InferenceRequest] = field(default_factory=list)
     # Offers made while billing decided, whose hold was then refused.
@@ -169,7 +177,9 @@ class FakeDispatcher:
         self.requests.append(request)
         if self.gate is not None:
             await self.gate.wait()
-        stream = FakeWorkerStream(request.transaction_id, self.pieces, self.endless, self.script)
+        stream = FakeWorkerStream(
+            request.transaction_id, self.pieces, self.endless, self.script, self.arrived_together
+        )
         self.streams.append(stream)
         self.opened.set()
         return stream

@@ -349,3 +349,46 @@ async def test_an_answer_ended_by_its_first_token_still_has_a_time_to_first_toke
         )
     assert completion.choices[0].message.content == ""
     assert count == 1
+
+
+async def _raw_stream(arrived_together: bool) -> tuple[list[bytes], bytes]:
+    """A streamed answer of REASONING_SCRIPT as the client's socket sees it: the body of each
+    HTTP chunk (one per write of the gateway), and the whole body."""
+    async with client_of(REASONING_SCRIPT) as (gateway, _):
+        gateway.dispatcher.arrived_together = arrived_together
+        body = chat_body(model="liv", stream=True, stream_options={"include_usage": True})
+        writes: list[bytes] = []
+        pending = b""
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(
+                f"{gateway.url}/v1/chat/completions", json=body, headers=bearer(API_KEY)
+            ) as response,
+        ):
+            assert response.status == 200
+            async for data, end_of_http_chunk in response.content.iter_chunks():
+                pending += data
+                if end_of_http_chunk:
+                    writes.append(pending)
+                    pending = b""
+    return writes, b"".join(writes) + pending
+
+
+def _without_ids(body: bytes) -> list[Any]:
+    events = [line.removeprefix(b"data: ") for line in body.split(b"\n\n") if line]
+    parsed = [json.loads(event) for event in events[:-1]]
+    for event in parsed:
+        event.pop("id"), event.pop("created")
+    return [*parsed, events[-1]]
+
+
+async def test_chunks_that_arrived_together_reach_the_client_in_one_write() -> None:
+    one_by_one, alone = await _raw_stream(arrived_together=False)
+    together, merged = await _raw_stream(arrived_together=True)
+
+    assert _without_ids(merged) == _without_ids(alone)  # the same events, in the same order
+    assert _without_ids(alone)[-1] == b"[DONE]"
+    # Alone: the role with the first reasoning piece, each other piece, then the finish, the
+    # usage and [DONE] with the end of the body. Together: everything in one write.
+    assert len(one_by_one) == 5
+    assert len(together) == 1

@@ -366,8 +366,8 @@ class _StreamWriter:
     async def write(self, data: bytes) -> None:
         await self._within_timeout(self._response.write(data))
 
-    async def write_eof(self) -> None:
-        await self._within_timeout(self._response.write_eof())
+    async def write_eof(self, data: bytes = b"") -> None:
+        await self._within_timeout(self._response.write_eof(data))
 
     async def _within_timeout(self, write: Awaitable[None]) -> None:
         try:
@@ -377,21 +377,37 @@ class _StreamWriter:
             raise _StalledReader from None
 
 
+# Held events go out once they reach this size even while more of the worker's chunks wait.
+MAX_HELD_BYTES = 16_384
+
+
 class _ChunkWriter:
     """Builds the stream's chunks (one id and creation time for all) and writes each in the
-    answer's format."""
+    answer's format.
+
+    An event is written as soon as it is built, unless the worker's next chunk has already
+    arrived: then it waits for that chunk's event and both go in one write (a fast upstream's
+    burst, or chunks that queued while the gateway was busy, cost one send and one wake-up of
+    the client instead of one each). The end of the stream goes in one write with the events
+    before it. No event waits for a chunk that has not arrived."""
 
     def __init__(
-        self, raw: _StreamWriter, answers: AnswerFormat, completion_id: str, model: str
+        self,
+        raw: _StreamWriter,
+        answers: AnswerFormat,
+        completion_id: str,
+        model: str,
+        more_waiting: Callable[[], bool],
     ) -> None:
         self.raw = raw
         self._answers = answers
         self._id = completion_id
         self._model = model
+        self._more_waiting = more_waiting
         self._created = int(time.time())
-        self._held = b""  # events written together with the next one
+        self._held = b""  # events written together with the next ones
 
-    async def send(
+    def hold(
         self,
         delta: ChoiceDelta,
         finish_reason: str | None = None,
@@ -399,14 +415,23 @@ class _ChunkWriter:
         logprobs: ChoiceLogprobs | None = None,
         thinking_rescued: str | None = None,
     ) -> None:
-        event = self._event(delta, finish_reason, usage, logprobs, thinking_rescued)
-        if event:
-            await self.write_raw(event)
+        """A chunk's event, to go out with the next write."""
+        self._held += self._event(delta, finish_reason, usage, logprobs, thinking_rescued)
 
-    def hold(self, delta: ChoiceDelta) -> None:
-        """An event to go out with the next one (the role chunk with the first text: one
-        write, one TCP segment, instead of two)."""
-        self._held += self._event(delta)
+    def hold_raw(self, data: bytes) -> None:
+        self._held += data
+
+    async def write_unless_more_waiting(self) -> None:
+        """Writes what is held, unless the worker's next chunk is already here (and what is
+        held is not large)."""
+        if self._held and (len(self._held) >= MAX_HELD_BYTES or not self._more_waiting()):
+            data, self._held = self._held, b""
+            await self.raw.write(data)
+
+    async def finish(self, data: bytes) -> None:
+        """What is held, then `data`, then the end of the response: one write."""
+        data, self._held = self._held + data, b""
+        await self.raw.write_eof(data)
 
     def _event(
         self,
@@ -432,15 +457,6 @@ class _ChunkWriter:
         )
         data = self._answers.chunk_json(chunk)
         return b"" if data is None else _sse(data)
-
-    async def flush(self) -> None:
-        if self._held:
-            await self.write_raw(b"")
-
-    async def write_raw(self, data: bytes) -> None:
-        """Bytes after what is held (an error event, the end of the stream)."""
-        await self.raw.write(self._held + data)
-        self._held = b""
 
 
 async def _stream_answer(
@@ -484,7 +500,7 @@ async def _stream_answer(
             StreamShaper(reasoning_output),
             _chained(first, chunks),
             timing,
-            _ChunkWriter(writer, answers, _completion_id(stream), model),
+            _ChunkWriter(writer, answers, _completion_id(stream), model, stream.has_waiting_chunk),
         )
     except _StalledReader:
         # The worker slot must not wait for this client: stop the generation (its usage record
@@ -528,8 +544,9 @@ async def _stream_events(
                     logprobs = (
                         ChoiceLogprobs.from_proto(list(chunk.logprobs)) if body.logprobs else None
                     )
-                    await writer.send(delta or ChoiceDelta(), logprobs=logprobs)
-                await writer.flush()  # the role chunk, should this chunk have shown nothing
+                    writer.hold(delta or ChoiceDelta(), logprobs=logprobs)
+                # (the role chunk goes out even should this chunk have shown nothing)
+                await writer.write_unless_more_waiting()
                 continue
             if chunk.finish_reason == inference_pb2.FINISH_REASON_ERROR:
                 raise _worker_failure(chunk)
@@ -538,19 +555,18 @@ async def _stream_events(
             )
             closing = shaper.close()
             if closing is not None:
-                await writer.send(closing)
-            await writer.send(
+                writer.hold(closing)
+            writer.hold(
                 ChoiceDelta(),
                 FINISH_REASONS.get(chunk.finish_reason, "stop"),
                 thinking_rescued=chunk.thinking_rescued or None,
             )
             if body.stream_options is not None and body.stream_options.include_usage:
-                await writer.send(ChoiceDelta(), usage=CompletionUsage.from_proto(chunk.usage))
+                writer.hold(ChoiceDelta(), usage=CompletionUsage.from_proto(chunk.usage))
     except RegioError as error:
         # Headers are gone: the error travels as a last event, as OpenAI's API does.
         state.metrics.refused(error)
         if isinstance(error, UpstreamTimeout):
             await state.billing.release(request[TRANSACTION_KEY], "worker silent")
-        await writer.write_raw(_sse(json.dumps(error.envelope(), separators=(",", ":"))))
-    await writer.write_raw(_sse("[DONE]"))
-    await writer.raw.write_eof()
+        writer.hold_raw(_sse(json.dumps(error.envelope(), separators=(",", ":"))))
+    await writer.finish(_sse("[DONE]"))
