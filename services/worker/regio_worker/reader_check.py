@@ -9,7 +9,11 @@ confirmed FINAL chunk says all that is needed).
 The gateway answers with how many delta chunks its client has received (none for a JSON answer
 before its end); NATS answers "no responders" at once when the inbox has no subscriber any more.
 A check that merely times out (a busy gateway) says nothing. The FINAL chunk, too, goes as a
-request the gateway confirms: an answer lost on the way (a NATS outage) is not billed."""
+request the gateway confirms: an answer lost on the way (a NATS outage) is not billed.
+
+While the engine sends nothing (a long prompt being read, or an upstream server generating a
+whole answer, which arrives only at its end), a timer asks all the same, an interval after the
+last check."""
 
 from __future__ import annotations
 
@@ -49,6 +53,7 @@ class ReaderCheck:
         # The stream's start counts as a check: the first one comes an interval later.
         self._last_check = time.monotonic()
         self._in_flight: asyncio.Task[None] | None = None
+        self._timer: asyncio.TimerHandle | None = None
         self.gone = False
         # Delta chunks the client has received, as the gateway last said.
         self.delivered = 0
@@ -61,6 +66,24 @@ class ReaderCheck:
         if now - self._last_check >= self._interval:
             self._last_check = now
             self._in_flight = asyncio.create_task(self._check())
+
+    def watch(self) -> None:
+        """Checks also while nothing is sent, an interval after the last check, until
+        `stop_watching`. A timer, not a task: most answers end before it fires."""
+        due = self._last_check + self._interval - time.monotonic()
+        self._timer = asyncio.get_running_loop().call_later(max(due, 0.0), self._on_timer)
+
+    def stop_watching(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        if self.gone:
+            return
+        self.sent()
+        self.watch()
 
     async def settled(self) -> None:
         """Gives a check in flight a moment to answer before the bill is made: a gone gateway

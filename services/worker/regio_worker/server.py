@@ -262,7 +262,11 @@ class WorkerServer:
             timeout_seconds=self._reader_check.timeout_seconds,
             on_gone=lambda: self._engine.abort(job.transaction_id),
         )
-        return await self._generate(job, reader), reader
+        reader.watch()  # also while the engine sends nothing
+        try:
+            return await self._generate(job, reader), reader
+        finally:
+            reader.stop_watching()
 
     async def _generate(self, job: Job, reader: ReaderCheck) -> GenerationFinished:
         pieces = 0  # events of generated output, each at least one token

@@ -34,6 +34,7 @@ from regio_worker.engine.openai_proxy import (
     OpenAIProxyEngine,
 )
 from regio_worker.probe import InferenceCall, chat_request
+from regio_worker.server import ReaderCheckTiming
 
 from .support import ReadUsageRecords, StartWorker
 
@@ -307,6 +308,35 @@ async def test_cancel_before_the_upstream_answers_stops_at_once(
     assert (final.kind, final.finish_reason) == (FINAL, inference_pb2.FINISH_REASON_CANCELLED)
     assert final.usage.completion_tokens == 0
     await asyncio.wait_for(upstream.disconnected.wait(), timeout=2)
+    assert server.load().slots_busy == 0
+
+
+async def test_a_gateway_gone_while_the_upstream_generates_a_whole_answer_stops_the_call(
+    nc: Client,
+    start_worker: StartWorker,
+    route_name: str,
+    upstream: FakeUpstream,
+    proxy: OpenAIProxyEngine,
+    read_usage_records: ReadUsageRecords,
+) -> None:
+    """No delta comes before a whole answer's end, so nothing else would ask whether its
+    gateway still reads: the worker checks on a timer."""
+    upstream.header_delay = 30.0
+    quick = ReaderCheckTiming(interval_seconds=0.1, timeout_seconds=0.5)
+    server = await start_worker(proxy, route=route_name, reader_check=quick)
+    request = chat_request("go", route=route_name, stream=False)
+    call = await InferenceCall.open(nc, "de", route_name, request)
+    assert (await call.next_chunk()).kind == ACCEPTED
+    await asyncio.wait_for(upstream.received.wait(), timeout=5)
+    await call.close()  # the gateway vanishes without a cancel (killed)
+
+    await asyncio.wait_for(upstream.disconnected.wait(), timeout=3)
+    record = (await read_usage_records(route_name, [request.transaction_id]))[
+        request.transaction_id
+    ]
+    assert record.finish_reason == inference_pb2.FINISH_REASON_CANCELLED
+    assert not record.billable
+    assert record.unbilled_reason == "reader_gone"
     assert server.load().slots_busy == 0
 
 
