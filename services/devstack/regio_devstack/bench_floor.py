@@ -48,6 +48,12 @@ READY_SUBJECT = "bench.floor.ready"  # the worker answers it once it takes reque
 TIMEOUT_SECONDS = 30.0
 
 
+def _streamed(body: bytes) -> bool:
+    """Whether a chat request asks for a stream (the bench's load client writes JSON so; no
+    parsing, as a floor should)."""
+    return b'"stream": true' in body or b'"stream":true' in body
+
+
 # -- hold: one gRPC method, one statement ------------------------------------------------------
 async def run_hold(port: int, database_url: str) -> None:
     pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
@@ -84,7 +90,7 @@ async def run_worker(nats_url: str, upstream_url: str) -> None:
     session = aiohttp.ClientSession()
 
     async def infer(msg: Msg) -> None:
-        streamed = b'"stream": true' in msg.data or b'"stream":true' in msg.data
+        streamed = _streamed(msg.data)
         async with session.post(
             upstream_url, data=msg.data, headers={"Content-Type": "application/json"}
         ) as response:
@@ -161,7 +167,7 @@ async def run_gateway(port: int, nats_url: str, hold_port: int) -> None:
                 await nc.publish(INFER_SUBJECT, body, reply=subject)
                 await reserve(b"")
                 first = await replies.get()
-                if b'"stream": true' not in body and b'"stream":true' not in body:
+                if not _streamed(body):
                     return web.Response(body=first, content_type="application/json")
                 response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
                 await response.prepare(request)

@@ -60,6 +60,9 @@ class ReaderCheck:
 
     def sent(self) -> None:
         """A delta chunk went out: check now if the interval has passed."""
+        self._check_if_due()
+
+    def _check_if_due(self) -> None:
         if self.gone or (self._in_flight is not None and not self._in_flight.done()):
             return
         now = time.monotonic()
@@ -82,7 +85,7 @@ class ReaderCheck:
         self._timer = None
         if self.gone:
             return
-        self.sent()
+        self._check_if_due()
         self.watch()
 
     async def settled(self) -> None:
