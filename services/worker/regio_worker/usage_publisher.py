@@ -32,7 +32,7 @@ log = structlog.get_logger()
 
 # Records in one message at most (a record is about 150 bytes: far below NATS's 1 MB).
 MAX_RECORDS_PER_MESSAGE = 64
-# How long a message that is not full waits for more records (settings: usage_publish_linger).
+# How long a message that is not full waits for more records (usage_publish_linger_seconds).
 LINGER_SECONDS = 0.02
 
 
