@@ -310,6 +310,48 @@ def _ratios(ours: Run, other: Run, base: Run) -> str:
     )
 
 
+# The issue's targets: one client's added latency, and at many clients a multiple of LiteLLM's
+# requests/s with a lower p99 (errors and the ledger are checked separately).
+ADDED_P50_TARGET_SECONDS = 0.001
+ADDED_P99_TARGET_SECONDS = 0.005
+THROUGHPUT_TARGET = 5.0
+
+
+def targets_table(runs: list[Run]) -> str:
+    """Each target, met or missed, next to what the floor (no Regio code) achieves."""
+    lines = ["== targets (Regio; in brackets the floor, Regio's hops with no Regio code) =="]
+
+    def verdict(met: bool) -> str:
+        return "met" if met else "MISSED"
+
+    for stream in (False, True):
+        kind = "stream" if stream else "json"
+        by_level = {(run.concurrency, run.target): run for run in runs if run.stream == stream}
+        one = LEVELS[0][0]
+        base = by_level[(one, "direct")]
+        for q, target in ((50, ADDED_P50_TARGET_SECONDS), (99, ADDED_P99_TARGET_SECONDS)):
+            added = {
+                name: percentile(by_level[(one, name)].latencies, q) - percentile(base.latencies, q)
+                for name in ("Regio", "floor")
+            }
+            lines.append(
+                f"{kind:<6} c={one:<4} added p{q} <= {ms(target)} ms: {ms(added['Regio'])} ms "
+                f"[{ms(added['floor'])}] {verdict(added['Regio'] <= target)}"
+            )
+        for concurrency, _ in LEVELS[1:]:
+            ours, lite = by_level[(concurrency, "Regio")], by_level[(concurrency, "LiteLLM")]
+            floor = by_level[(concurrency, "floor")]
+            ratio = ours.rps / lite.rps if lite.rps else float("inf")
+            ours_p99, lite_p99 = percentile(ours.latencies, 99), percentile(lite.latencies, 99)
+            lines.append(
+                f"{kind:<6} c={concurrency:<4} req/s >= {THROUGHPUT_TARGET:.0f}x LiteLLM: "
+                f"x{ratio:.2f} [x{floor.rps / lite.rps if lite.rps else float('inf'):.2f}] "
+                f"{verdict(ratio >= THROUGHPUT_TARGET)}; p99 {ms(ours_p99)} < LiteLLM's "
+                f"{ms(lite_p99)} ms {verdict(ours_p99 < lite_p99)}"
+            )
+    return "\n".join(lines)
+
+
 def cpu_table(runs: list[Run]) -> str:
     """CPU milliseconds per measured request, per process, for the c=128 runs."""
     names = sorted({name for run in runs for name in run.cpu})
@@ -450,6 +492,8 @@ def main() -> None:
     print(table(runs, stream=True))
     print()
     print(cpu_table(runs))
+    print()
+    print(targets_table(runs))
     print()
     regio = [run for run in runs + warm_runs if run.target == "Regio"]
     answered = sum(run.ok for run in regio)
